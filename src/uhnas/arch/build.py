@@ -1,0 +1,182 @@
+"""Build an Architecture into a torch module whose linear and conv layers are hardware-substitutable.
+
+The seam: every linear or conv layer is a `MatMul` module. Normally it runs as torch's own linear /
+conv. When a hardware backend attaches a *program* to it, the layer instead hands its input as rows
+of a matrix product — shape (draws, rows, in_features), with conv inputs unfolded by im2col — to the
+program, which returns (draws, rows, out_features) as the device computes it (noise, quantisation,
+tiling, ...). The rest of the network (activations, pooling, batchnorm) runs digitally on the batch
+with draws folded into it, so one forward pass evaluates `draws` Monte-Carlo realisations at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from uhnas.arch.model import (
+    Activation,
+    Architecture,
+    AvgPool,
+    BatchNorm,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool,
+)
+from uhnas.arch.shapes import Shape, analyze
+
+Program = Callable[[Tensor], Tensor]
+"""A device program: rows (draws, n, in_features) -> outputs (draws, n, out_features), bias included."""
+
+
+class Square(nn.Module):
+    """|x|^2: the intensity a photodetector measures of a (real) field amplitude."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * x
+
+
+class Saturating(nn.Module):
+    """x / (1 + |x|): smooth gain saturation, bounded in (-1, 1)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x / (1.0 + x.abs())
+
+
+def _activation(name: str) -> nn.Module:
+    table: dict[str, Callable[[], nn.Module]] = {
+        "relu": nn.ReLU,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "gelu": nn.GELU,
+        "leaky_relu": lambda: nn.LeakyReLU(0.01),
+        "square": Square,
+        "saturating": Saturating,
+    }
+    return table[name]()
+
+
+class MatMul(nn.Module):
+    """A linear or conv layer that a hardware backend can replace by what its device computes."""
+
+    def __init__(self, op: nn.Linear | nn.Conv2d, index: int) -> None:
+        super().__init__()
+        self.op = op
+        self.index = index  # position in the architecture's layer list
+        self.program: Program | None = None
+        self.draws = 1
+
+    @property
+    def kind(self) -> str:
+        """'linear' or 'conv2d'."""
+        return "linear" if isinstance(self.op, nn.Linear) else "conv2d"
+
+    @property
+    def weight(self) -> Tensor:
+        """The raw weight parameter (linear: out x in; conv: out x C x k x k)."""
+        return self.op.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The bias parameter, or None."""
+        return self.op.bias
+
+    def matrix(self) -> Tensor:
+        """The weight as the matrix a device multiplies by: out x in (conv: out x C*k*k, im2col order)."""
+        return self.op.weight.reshape(self.op.weight.shape[0], -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.program is None:
+            return self.op(x)
+        if isinstance(self.op, nn.Linear):
+            rows = x.reshape(self.draws, -1, x.shape[-1])
+            return self.program(rows).reshape(x.shape[0], -1)
+        conv = self.op
+        batch, _, height, width = x.shape
+        kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        h_out = (height + 2 * padding - kernel) // stride + 1
+        w_out = (width + 2 * padding - kernel) // stride + 1
+        cols = F.unfold(x, kernel_size=kernel, padding=padding, stride=stride)  # (batch, C*k*k, L)
+        rows = cols.transpose(1, 2).reshape(self.draws, -1, cols.shape[1])
+        out = self.program(rows)  # (draws, batch/draws * L, out_channels)
+        out = out.reshape(batch, h_out * w_out, -1).transpose(1, 2)
+        return out.reshape(batch, -1, h_out, w_out)
+
+
+class Network(nn.Sequential):
+    """The built network: an nn.Sequential whose linear/conv layers are `MatMul` seams."""
+
+    def __init__(self, modules: list[nn.Module], input_shape: Shape, num_classes: int) -> None:
+        super().__init__(*modules)
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+
+    def matmuls(self) -> list[MatMul]:
+        """The hardware-mapped layers in order."""
+        return [m for m in self if isinstance(m, MatMul)]
+
+
+def build(arch: Architecture, input_shape: Shape, num_classes: int, *, seed: int | None = None) -> Network:
+    """Build a torch module for the architecture (validated first); `seed` fixes the initial weights."""
+    summary = analyze(arch, input_shape, num_classes)
+    modules: list[nn.Module] = []
+    shape = tuple(input_shape)
+    generator_state = None
+    if seed is not None:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+    try:
+        for index, (layer, info) in enumerate(zip(arch.layers, summary.layers)):
+            if isinstance(layer, Linear):
+                modules.append(MatMul(nn.Linear(shape[0], layer.out_features, bias=layer.bias), index))
+            elif isinstance(layer, Conv2d):
+                conv = nn.Conv2d(shape[0], layer.out_channels, layer.kernel, layer.stride, layer.padding, bias=layer.bias)
+                modules.append(MatMul(conv, index))
+            elif isinstance(layer, MaxPool):
+                modules.append(nn.MaxPool2d(layer.kernel, layer.stride or layer.kernel))
+            elif isinstance(layer, AvgPool):
+                modules.append(nn.AvgPool2d(layer.kernel, layer.stride or layer.kernel))
+            elif isinstance(layer, Flatten):
+                modules.append(nn.Flatten())
+            elif isinstance(layer, Activation):
+                modules.append(_activation(layer.function))
+            elif isinstance(layer, BatchNorm):
+                modules.append(nn.BatchNorm1d(shape[0]) if len(shape) == 1 else nn.BatchNorm2d(shape[0]))
+            elif isinstance(layer, Dropout):
+                modules.append(nn.Dropout(layer.p))
+            shape = info.out_shape
+    finally:
+        if generator_state is not None:
+            torch.random.set_rng_state(generator_state)
+    return Network(modules, input_shape, num_classes)
+
+
+@contextmanager
+def attached(model: Network, programs: Mapping[int, Program], draws: int) -> Iterator[None]:
+    """Temporarily route the layers at the given architecture indices through device programs."""
+    layers = {m.index: m for m in model.matmuls()}
+    unknown = set(programs) - set(layers)
+    if unknown:
+        raise KeyError(f"no linear/conv layer at index {sorted(unknown)}")
+    try:
+        for index, program in programs.items():
+            layers[index].program = program
+            layers[index].draws = draws
+        yield
+    finally:
+        for index in programs:
+            layers[index].program = None
+            layers[index].draws = 1
+
+
+def forward_draws(model: Network, programs: Mapping[int, Program], draws: int, x: Tensor) -> Tensor:
+    """Run a batch through `draws` device realisations at once: (batch, ...) -> (draws, batch, classes)."""
+    expanded = x.unsqueeze(0).expand(draws, *x.shape).reshape(draws * x.shape[0], *x.shape[1:])
+    with attached(model, programs, draws):
+        out = model(expanded)
+    return out.reshape(draws, x.shape[0], -1)
