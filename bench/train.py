@@ -1,7 +1,7 @@
 """Benchmark: uhnas.train.train against a tutorial-style DataLoader loop on digits, same models, seeds and weights.
 
-Run: python bench/train.py   (about 30 s on one loaded core). Prints samples/s of both, the speed ratio ours/reference and both
-validation accuracies (mean over seeds, so the accuracy difference can be read against seed-to-seed noise).
+Run: python bench/train.py   (about 30 s on one loaded core). Prints samples/s of both, the speed ratio
+ours/reference and both validation accuracies (mean over seeds, so the difference can be read against seed noise).
 """
 
 from __future__ import annotations
