@@ -25,6 +25,7 @@ from uhnas.data import (
     DatasetError,
     IdxSource,
     dataset_dir,
+    dataset_spec,
     holdout_split,
     load_dataset,
     resolve_device,
@@ -126,6 +127,17 @@ def test_load_is_cached_and_split_is_deterministic() -> None:
 def test_unknown_dataset_is_a_dataset_error() -> None:
     with pytest.raises(DatasetError, match="unknown dataset 'cifar'.*digits, mnist, fashion-mnist"):
         load_dataset("cifar")
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        dataset_spec("cifar")
+
+
+def test_spec_matches_the_loaded_dataset(tmp_path: Path) -> None:
+    assert set(data.DATASET_SPECS) == set(data.DATASETS)
+    ds = load_dataset("digits")
+    assert dataset_spec("digits") == (ds.input_shape, ds.num_classes)
+    write_idx_set(tmp_path / "mnist", fake_arrays(), gz=True)
+    ds = load_dataset("mnist", data_dir=tmp_path, download=False)
+    assert dataset_spec("mnist") == (ds.input_shape, ds.num_classes) == dataset_spec("fashion-mnist")
 
 
 def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:

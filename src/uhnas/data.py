@@ -26,6 +26,7 @@ from platformdirs import user_cache_dir
 
 __all__ = [
     "DATASETS",
+    "DATASET_SPECS",
     "DATA_DIR_ENV",
     "Dataset",
     "DatasetError",
@@ -34,6 +35,7 @@ __all__ = [
     "SPLIT_SEED",
     "clear_cache",
     "dataset_dir",
+    "dataset_spec",
     "holdout_split",
     "load_dataset",
     "read_idx",
@@ -43,6 +45,12 @@ __all__ = [
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist")
 
+DATASET_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {  # name -> ((channels, height, width), classes)
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+}
+
 DATA_DIR_ENV = "UHNAS_DATA_DIR"  # root folder; a dataset lives in <root>/<name>/
 
 SPLIT_SEED = 20240531  # fixed split seed, independent of every run seed: all runs and methods share one split
@@ -51,7 +59,7 @@ DIGITS_VAL_SIZE = 360  # samples; with DIGITS_TEST_SIZE leaves 1077 of the 1797 
 DIGITS_TEST_SIZE = 360  # samples
 
 IDX_VAL_FRACTION_DENOMINATOR = 12  # validation = 1/12 of the IDX training set: 5,000 of MNIST's 60,000
-IDX_IMAGE_HW = (28, 28)  # pixels, MNIST and Fashion-MNIST
+IDX_IMAGE_HW = DATASET_SPECS["mnist"][0][1:]  # pixels, MNIST and Fashion-MNIST
 IDX_NUM_CLASSES = 10
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -150,6 +158,13 @@ _CACHE: dict[tuple[str, str | None, str], Dataset] = {}  # (name, directory, dev
 _CACHE_LOCK = threading.Lock()
 
 
+def dataset_spec(name: str) -> tuple[tuple[int, int, int], int]:
+    """Input shape (C, H, W) and class count of a dataset, without loading it (for shape checks and the CLI)."""
+    if name not in DATASET_SPECS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASET_SPECS[name]
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn "auto" into CUDA when available, else CPU; check that an explicit CUDA device exists."""
     if isinstance(device, torch.device):
@@ -195,8 +210,7 @@ def load_dataset(
     downloaded there (checksummed) when missing and `download` is true; validation is a seeded random 1/12 of the
     training set (55,000 train / 5,000 validation), test is the 10,000-image t10k set.
     """
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    dataset_spec(name)  # rejects unknown names
     resolved = resolve_device(device)
     directory = None if name == "digits" else dataset_dir(name, data_dir).resolve()
     # `download` is not part of the key: it only matters while files are missing, and failures are not cached.
