@@ -23,9 +23,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # usage errors as click's plain "Error: ..." line, not a box
     help="uhnas: LLM-guided, hardware-aware neural architecture search.",
 )
-arch_app = typer.Typer(no_args_is_help=True, help="The architecture IR: schema and checks.")
+arch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The architecture IR: schema and checks.")
 app.add_typer(arch_app, name="arch")
 
 console = Console()
@@ -81,6 +82,19 @@ def _fmt_int(value: int) -> str:
     return f"{value:,}"
 
 
+def _load_checked(path: Path, dataset: str) -> tuple[Any, Any]:
+    """Load an architecture file and check it against the dataset's shapes; errors name the file."""
+    from uhnas.arch import ArchitectureError, analyze, load_architecture
+    from uhnas.data import dataset_spec
+
+    arch = load_architecture(path)
+    shape = dataset_spec(dataset)
+    try:
+        return arch, analyze(arch, *shape)
+    except ArchitectureError as error:
+        raise ArchitectureError(f"{path}: {error}") from None
+
+
 # --------------------------------------------------------------------------------------- arch
 @arch_app.command("schema")
 def arch_schema() -> None:
@@ -99,12 +113,10 @@ def arch_check(
 ) -> None:
     """Validate an architecture and print each layer's output shape, parameters and MACs."""
     with cli_errors():
-        from uhnas.arch import analyze, arch_hash, load_architecture
-        from uhnas.data import dataset_spec
+        from uhnas.arch import arch_hash
 
-        arch = load_architecture(path)
-        input_shape, num_classes = dataset_spec(dataset)
-        summary = analyze(arch, input_shape, num_classes)
+        arch, summary = _load_checked(path, dataset)
+        input_shape = summary.input_shape
         if as_json:
             _print_json(
                 {
@@ -185,12 +197,11 @@ def evaluate(
 ) -> None:
     """Train one architecture and score it: accuracy clean and under device noise, energy, constraints."""
     with cli_errors():
-        from uhnas.arch import load_architecture
         from uhnas.evaluate import evaluate as run_evaluation
         from uhnas.hardware.registry import load_backend
         from uhnas.train import TrainConfig
 
-        arch = load_architecture(path)
+        arch, _ = _load_checked(path, dataset)  # impossible shapes: a one-line error before any work
         hw = load_backend(backend, set_ or [])
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed)
         result = run_evaluation(

@@ -1,0 +1,84 @@
+"""The `uhnas` command: outputs, JSON mode, and one-line errors with non-zero exits (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from uhnas.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_schema_is_json():
+    result = invoke("arch", "schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema["properties"]["layers"]["maxItems"] == 32
+
+
+def test_arch_check_table_and_json():
+    result = invoke("arch", "check", "examples/cnn_digits.json")
+    assert result.exit_code == 0 and "total" in result.stdout and "23,680" in result.stdout
+    data = json.loads(invoke("arch", "check", "examples/cnn_digits.json", "--json", "--dataset", "mnist").stdout)
+    assert data["input_shape"] == [1, 28, 28]
+    assert data["layers"][0]["out_shape"] == [8, 28, 28]
+    assert data["macs"] == sum(layer["macs"] for layer in data["layers"])
+
+
+def test_evaluate_json_has_the_promised_keys():
+    result = invoke("evaluate", "examples/mlp_digits.json", "--epochs", "3", "--mc", "2", "--backend", "gpu-b200-fp16", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    for key in ("arch_hash", "params", "macs", "accuracy", "test_accuracy", "train_seconds", "backend", "noisy_accuracy", "energy_nj", "energy_breakdown_nj", "violations", "feasible"):
+        assert key in data
+    assert 0.0 <= data["accuracy"] <= 1.0
+    assert data["energy_nj"] == pytest.approx(sum(data["energy_breakdown_nj"].values()))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("evaluate", "examples/absent.json"), "error: examples/absent.json: no such file"),
+        (("evaluate", "{bad}"), "error: {bad}: layer 0 (linear): input is 1x8x8 (not flat)"),
+        (("evaluate", "{malformed}"), "invalid JSON at line 1"),
+        (("evaluate", "examples/mlp_digits.json", "--dataset", "cifar"), "error: unknown dataset 'cifar'"),
+        (("evaluate", "examples/mlp_digits.json", "--backend", "tpu"), "error: unknown backend 'tpu'"),
+        (("evaluate", "examples/mlp_digits.json", "--backend", "ideal", "--set", "bogus=1"), "has no constant 'bogus'"),
+        (("evaluate", "examples/mlp_digits.json", "--epochs", "abc"), "Invalid value for '--epochs'"),
+        (("evaluate", "examples/mlp_digits.json", "--epochs", "0"), "Invalid value for '--epochs'"),
+        (("arch", "check", "{bad}", "--dataset", "mnist"), "layer 0 (linear): input is 1x28x28"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"layers": [{"type": "linear", "out_features": 10}]}')
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text('{"layers": [')
+    args = tuple(a.replace("{bad}", str(bad)).replace("{malformed}", str(malformed)) for a in args)
+    message = message.replace("{bad}", str(bad))
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    if not message.startswith("Invalid value"):
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_backends_lists_every_preset_as_json():
+    data = json.loads(invoke("backends", "--json").stdout)
+    names = {card["name"] for card in data["backends"]}
+    assert {"ideal", "gpu-b200-fp16", "cpu-xeon8380-fp32"} <= names
+
+
+def test_entry_point_runs_as_a_program():
+    result = subprocess.run([sys.executable, "-m", "uhnas", "arch", "check", "examples/mlp_digits.json", "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and json.loads(result.stdout)["params"] == 4810
