@@ -1,0 +1,1 @@
+"""Figures and summaries of finished or running searches."""

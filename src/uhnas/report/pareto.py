@@ -1,0 +1,50 @@
+"""The Pareto plot: error against energy per inference (log axis), front highlighted, infeasible marked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed (CI, servers)
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_pareto(
+    errors: Sequence[float],
+    energies_nj: Sequence[float],
+    feasible: Sequence[bool],
+    on_front: Sequence[bool],
+    path: str | Path,
+    *,
+    title: str = "",
+    error_label: str = "error under non-idealities (1 - mean noisy accuracy)",
+) -> Path:
+    """Write a PNG of every evaluated candidate; the feasible front is drawn as a step line."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    groups = [
+        ("feasible", [f and not p for f, p in zip(feasible, on_front)], dict(color="tab:blue", alpha=0.45, s=18, marker="o")),
+        ("infeasible", [not f for f in feasible], dict(color="tab:red", alpha=0.6, s=26, marker="x")),
+        ("Pareto front", list(on_front), dict(color="tab:green", s=42, marker="D", edgecolors="black", linewidths=0.5)),
+    ]
+    for label, mask, style in groups:
+        xs = [e for e, m in zip(energies_nj, mask) if m]
+        ys = [r for r, m in zip(errors, mask) if m]
+        if xs:
+            ax.scatter(xs, ys, label=f"{label} ({len(xs)})", **style)
+    front = sorted((e, r) for e, r, m in zip(energies_nj, errors, on_front) if m)
+    if len(front) > 1:
+        ax.step([e for e, _ in front], [r for _, r in front], where="post", color="tab:green", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("energy per inference (nJ, log scale)")
+    ax.set_ylabel(error_label)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
