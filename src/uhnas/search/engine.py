@@ -1,0 +1,688 @@
+"""The generational search loop: propose → validate → dedup → evaluate → store → select, resumable and observable.
+
+Generation 0 fills the initial population (`population` slots); every later generation proposes `offspring`
+slots from the population as it stood at the generation's start, evaluates them in parallel, and lets the
+method choose the next population. Every slot ends as exactly one stored trial, so a run holds exactly
+population + generations x offspring trials.
+
+Reproducibility and resume: every random choice comes from `uhnas.seeding` streams derived from
+(seed, generation, slot, attempt), and a generation's proposals depend only on the records of earlier
+generations and earlier slots. Resuming therefore replays the run from its store: proposals are re-derived
+(cheap; LLM operators replay from their response cache), stored slots reuse their stored results, and only
+the slots that were never stored are evaluated. No RNG state is saved, no completed evaluation is repeated, and
+a resumed run makes the same choices as an uninterrupted one.
+
+Dedup: a proposal whose canonical hash was already evaluated or proposed is refused and the method is asked
+again with a fresh stream (attempt + 1), up to `evolution.max_attempts`; a slot without an acceptable proposal
+is stored as a FAIL trial listing why every attempt was refused.
+
+Hypervolume: in the normalised space (error, log10 nJ) against a reference point frozen when the run starts:
+error 1.0 and the backend's energy for the costlier of two "corner" networks of the conventional search space
+(`reference_architectures`) plus `metrics.DEFAULT_ENERGY_MARGIN_DECADES` decade. Networks costlier than that
+corner add nothing, which keeps values comparable across generations and methods on the same backend.
+
+The engine never prints: it reports through `progress(event)` callbacks (see the event classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import uhnas
+from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, structural_distance, to_json
+from uhnas.arch.model import Activation, Conv2d, Flatten, Linear, MaxPool
+from uhnas.config import RunConfig, config_differences, load_config
+from uhnas.hardware.base import Backend
+from uhnas.hardware.registry import load_backend
+from uhnas.metrics import DEFAULT_ENERGY_MARGIN_DECADES, energy_range_decades, mean_pairwise_distance, reference_point, robustness_summary
+from uhnas.search.jobs import EvalSettings, Executor, Job, JobResult
+from uhnas.search.methods import METHODS, MethodSetup, SearchMethod, make_method, method_names
+from uhnas.search.operators.base import OperatorContext, Proposal
+from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, WIDTHS
+from uhnas.seeding import numpy_rng
+from uhnas.store import RunStore, TrialRecord, feasible_front, front_hypervolume, objective_accuracy
+
+JOB_ID_STRIDE = 1_000_000  # a job's id is generation * JOB_ID_STRIDE + slot (stable across resumes)
+RECENT = 16  # candidates shown to operators as `recent`
+RESUME_EXEMPT = ("executor.", "storage", "study_name")  # config keys that may change on resume (where and how, not what)
+
+
+class SearchError(ValueError):
+    """A run that cannot start or resume; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- progress events
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The run begins (or resumes): its budget and what is already done."""
+
+    method: str
+    out: str
+    budget: int
+    done: int
+    population: int
+    generations: int
+    offspring: int
+    resumed: bool
+    backend: str
+    dataset: str
+    seed: int
+    hv_reference: tuple[float, float]
+    kind: str = "run_started"
+
+
+@dataclass(frozen=True)
+class GenerationStarted:
+    """A generation's proposals are made; `to_evaluate` of its slots will be trained now."""
+
+    generation: int
+    generations: int
+    slots: int
+    to_evaluate: int
+    done: int
+    budget: int
+    kind: str = "generation_started"
+
+
+@dataclass(frozen=True)
+class CandidateDone:
+    """One candidate stored: kind "candidate_evaluated" or "candidate_failed", with its record."""
+
+    record: TrialRecord
+    generation: int
+    done: int
+    budget: int
+    elapsed_s: float
+    kind: str = "candidate_evaluated"
+
+
+@dataclass(frozen=True)
+class GenerationDone:
+    """A generation finished: hypervolume of everything so far, front and population sizes, timing."""
+
+    generation: int
+    generations: int
+    hypervolume: float
+    front_size: int
+    population_size: int
+    done: int
+    budget: int
+    failures: int
+    elapsed_s: float
+    eta_s: float | None
+    engine_seconds: float
+    kind: str = "generation_done"
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The budget is spent: final hypervolume and the run summary (diversity, robustness)."""
+
+    hypervolume: float
+    done: int
+    budget: int
+    elapsed_s: float
+    engine_seconds: float
+    summary: dict[str, Any]
+    kind: str = "run_finished"
+
+
+Event = Union[RunStarted, GenerationStarted, CandidateDone, GenerationDone, RunFinished]
+ProgressCallback = Callable[[Event], None]
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """A JSON-ready dict of an event (records as their dicts)."""
+    data = {k: v for k, v in event.__dict__.items() if k != "record"}
+    if isinstance(event, CandidateDone):
+        data["record"] = event.record.to_dict()
+    if isinstance(event, RunStarted):
+        data["hv_reference"] = list(event.hv_reference)
+    return data
+
+
+@dataclass
+class RunResult:
+    """What run_search returns: every record in (generation, slot) order, the final population and front."""
+
+    out: Path
+    records: list[TrialRecord]
+    population: list[TrialRecord]
+    front: list[TrialRecord]
+    hypervolume: float
+    summary: dict[str, Any]
+    elapsed_s: float
+    engine_seconds: float
+
+
+# ----------------------------------------------------------------------------- reference point
+
+
+def reference_architectures(input_shape: tuple[int, ...], num_classes: int) -> list[Architecture]:
+    """The two corners of the conventional space: widest MLP, and the CNN with the most and widest conv layers."""
+    hidden = [layer for _ in range(MAX_MATMULS - 1) for layer in (Linear(type="linear", out_features=WIDTHS[-1]), Activation(type="activation", function="relu"))]
+    head = [Linear(type="linear", out_features=num_classes)]
+    mlp = Architecture(layers=([Flatten(type="flatten")] if len(input_shape) == 3 else []) + hidden + head)
+    corners = [mlp]
+    if len(input_shape) == 3:
+        convs = [layer for _ in range(3) for layer in (Conv2d(type="conv2d", out_channels=CHANNELS[-1], kernel=5, padding=2), Activation(type="activation", function="relu"))]
+        dense = hidden[: 2 * (MAX_MATMULS - 4)]
+        for pools in range(4):  # as few 2x2 pools as the parameter limit allows
+            cnn = Architecture(layers=convs + [MaxPool(type="maxpool", kernel=2)] * pools + [Flatten(type="flatten")] + dense + head)
+            try:
+                analyze(cnn, input_shape, num_classes)
+            except ArchitectureError:
+                continue
+            corners.append(cnn)
+            break
+    return corners
+
+
+def hv_reference(backend: Backend, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The frozen hypervolume reference: error 1, log10 of the costlier corner network's energy + margin."""
+    best: tuple[float, Architecture] | None = None
+    for arch in reference_architectures(input_shape, num_classes):
+        energy = backend.energy(analyze(arch, input_shape, num_classes)).total_nj
+        if best is None or energy > best[0]:
+            best = (energy, arch)
+    assert best is not None
+    point = reference_point(best[0], DEFAULT_ENERGY_MARGIN_DECADES)
+    return {
+        "point": [float(point[0]), float(point[1])],
+        "space": ["error", "log10_energy_nj"],
+        "reference_energy_nj": best[0],
+        "margin_decades": DEFAULT_ENERGY_MARGIN_DECADES,
+        "reference_network": best[1].model_dump(mode="json"),
+        "rule": "error 1.0; log10 of the backend energy of the costlier corner network of the conventional space, plus the margin",
+    }
+
+
+# ----------------------------------------------------------------------------- proposals
+
+
+@dataclass
+class SlotChoice:
+    """The accepted proposal for a slot (or None), its hash, the attempt it came from and why others were refused."""
+
+    proposal: Proposal | None
+    key: str | None
+    attempt: int
+    rejected: list[str] = field(default_factory=list)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def propose_slot(
+    method: SearchMethod,
+    base: OperatorContext,
+    slot: int,
+    known: dict[str, tuple[int, int]],
+    max_attempts: int,
+) -> SlotChoice:
+    """Ask the method until it proposes a valid architecture not seen before (bounded attempts)."""
+    rejected: list[str] = []
+    for attempt in range(max_attempts):
+        rng = numpy_rng(base.seed, "propose", base.generation, slot, attempt)
+        context = base.with_attempt(slot, attempt, rng, rejected)
+        try:
+            proposal = method.propose(context)
+        except Exception as error:  # operators (LLM ones included) may fail in any way; the slot records why
+            reason = _one_line(error)
+            method.rejected(context, None, reason)
+            rejected.append(reason)
+            continue
+        try:
+            analyze(proposal.arch, base.input_shape, base.num_classes)
+        except ArchitectureError as error:
+            reason = f"invalid architecture from {proposal.operator}: {error}"
+            method.rejected(context, proposal, reason)
+            rejected.append(reason)
+            continue
+        key = arch_hash(proposal.arch)
+        if key in known:
+            generation, other = known[key]
+            reason = f"duplicate of generation {generation} slot {other} ({key}) from {proposal.operator}"
+            method.rejected(context, proposal, reason)
+            rejected.append(reason)
+            continue
+        return SlotChoice(proposal, key, attempt, rejected)
+    return SlotChoice(None, None, max_attempts, rejected)
+
+
+def finish_record(template: TrialRecord, result: JobResult, objective: str) -> TrialRecord:
+    """The stored record of an evaluated candidate: objectives from the evaluation, or FAIL with the reason."""
+    ev = result.evaluation
+    record = TrialRecord(**{**template.__dict__})
+    record.evaluation, record.wall_seconds = ev, result.wall_seconds
+    if result.failed or ev is None:
+        record.state, record.reason = "FAIL", result.reason or "evaluation failed"
+        return record
+    accuracy = objective_accuracy(ev, objective)
+    energy = ev.get("energy_nj")
+    if accuracy is None or energy is None or not math.isfinite(energy) or energy <= 0:
+        record.state, record.reason = "FAIL", f"no usable objectives (accuracy {accuracy}, energy {energy} nJ)"
+        return record
+    record.state = "COMPLETE"
+    record.error, record.energy_nj = 1.0 - float(accuracy), float(energy)
+    record.violation = float(ev.get("total_violation") or 0.0)
+    return record
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def run_summary(history: Sequence[TrialRecord], population: Sequence[TrialRecord], reference: Sequence[float]) -> dict[str, Any]:
+    """Final metrics: counts, hypervolume, diversity of population and front, robustness of the front."""
+    front = feasible_front(history)
+    evaluated = [r for r in history if not r.failed]
+    front_archs = [r.architecture for r in front]
+    population_archs = [r.architecture for r in population if r.arch is not None]
+    robustness = None
+    if front:
+        clean = [r.accuracy("clean") or 0.0 for r in front]
+        noisy = [r.accuracy("mean") or 0.0 for r in front]
+        p5 = [r.accuracy("p5") or 0.0 for r in front]
+        robustness = robustness_summary(clean, noisy, p5)
+    return {
+        "evaluations": len(history),
+        "completed": len(evaluated),
+        "failed": len(history) - len(evaluated),
+        "feasible": sum(r.feasible for r in history),
+        "hypervolume": front_hypervolume(history, reference),
+        "front_size": len(front),
+        "front": [r.number for r in front],
+        "best_error": min((r.error for r in front), default=None),
+        "min_energy_nj": min((r.energy_nj for r in front), default=None),
+        "diversity": {
+            "distinct_architectures": len({r.hash for r in history if r.hash}),
+            "front_distinct_architectures": len({r.hash for r in front}),
+            "population_mean_distance": mean_pairwise_distance(population_archs, structural_distance),
+            "front_mean_distance": mean_pairwise_distance(front_archs, structural_distance),
+            "front_energy_range_decades": energy_range_decades([r.energy_nj for r in front]),
+        },
+        "robustness": robustness,
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _check_resumable(out: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse a resume whose config differs in anything but executor/storage settings or a larger budget."""
+    diffs = [d for d in config_differences(old, new) if not d.startswith(RESUME_EXEMPT)]
+    if "generations" in diffs and int(new.get("generations", 0)) >= int(old.get("generations", 0)):
+        diffs.remove("generations")
+    if diffs:
+        raise SearchError(f"{out}: cannot resume with a different configuration: {', '.join(diffs)} differ (only generations may grow)")
+
+
+def _eval_settings(config: RunConfig) -> EvalSettings:
+    """The evaluation settings every job of the run shares."""
+    t = config.training
+    return EvalSettings(
+        dataset=config.dataset,
+        backend=config.backend,
+        backend_overrides=tuple(config.backend_overrides),
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        seed=config.seed,
+        mc=config.mc,
+        noise_aware=t.noise_aware,
+        device=config.device,
+        data_dir=config.data_dir,
+    )
+
+
+def make_run_executor(config: RunConfig) -> Executor:
+    """The executor the config asks for (process workers with hard timeouts by default)."""
+    from uhnas.search.executor import make_executor
+
+    e = config.executor
+    return make_executor(
+        e.kind,
+        workers=e.workers,
+        timeout_s=e.timeout_s,
+        memory_limit_mb=e.memory_limit_mb,
+        ray_address=e.ray_address,
+        num_cpus=e.num_cpus,
+        num_gpus=e.num_gpus,
+    )
+
+
+def _dataset_shape(config: RunConfig) -> tuple[tuple[int, ...], int]:
+    """Input shape and class count of the run's dataset (without loading it: workers load the data)."""
+    from uhnas.data import DatasetError, dataset_spec
+
+    try:
+        shape, classes = dataset_spec(config.dataset)
+    except DatasetError as error:
+        raise SearchError(str(error)) from None
+    return tuple(shape), int(classes)
+
+
+class _Search:
+    """State of one run_search call: store, method, population, known hashes, timers."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out: Path,
+        store: RunStore,
+        backend: Backend,
+        shape: tuple[tuple[int, ...], int],
+        progress: ProgressCallback | None,
+        executor: Executor | None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.card = backend.describe()
+        self.input_shape, self.num_classes = shape
+        self.out = out
+        self.store = store
+        self.progress = progress
+        self.executor = executor
+        self.own_executor = executor is None
+        self.start = time.perf_counter()
+        self.waiting_s = 0.0  # time blocked on evaluations (executor start-up and run, minus our callbacks)
+        self.evaluated_here = 0
+        self.history: list[TrialRecord] = []
+        self.population: list[TrialRecord] = []
+        self.known: dict[str, tuple[int, int]] = {}
+        self.notes: list[dict[str, Any]] = []
+        self.done = 0
+
+    # -- helpers
+
+    def emit(self, event: Event) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def engine_seconds(self) -> float:
+        return self.elapsed() - self.waiting_s
+
+    def eta(self) -> float | None:
+        remaining = self.config.budget - self.done
+        if remaining <= 0:
+            return 0.0
+        if self.evaluated_here == 0:
+            return None
+        return self.elapsed() / self.evaluated_here * remaining
+
+    def context(self, generation: int) -> OperatorContext:
+        """The operator context at the start of a generation (slot and rng are set per attempt)."""
+        c = self.config
+        return OperatorContext(
+            generation=generation,
+            slot=-1,
+            attempt=0,
+            rng=numpy_rng(c.seed, "context", generation),
+            seed=c.seed,
+            dataset=c.dataset,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            backend=self.card,
+            objective=c.objective,
+            population=tuple(self.population),
+            front=tuple(feasible_front(self.history)),
+            recent=tuple(self.history[-RECENT:]),
+            history=tuple(self.history),
+            is_known=self.known.__contains__,
+            generations=c.generations,
+            offspring=c.offspring,
+            population_size=c.population,
+            notes=tuple(self.notes),
+        )
+
+    def ensure_executor(self) -> Executor:
+        if self.executor is None:
+            t0 = time.perf_counter()
+            self.executor = make_run_executor(self.config)
+            self.waiting_s += time.perf_counter() - t0
+        return self.executor
+
+    def close(self) -> None:
+        if self.own_executor and self.executor is not None:
+            self.executor.close()
+
+    # -- setup
+
+    def setup(self) -> None:
+        """Open or create the store, check a resume, load the backend and freeze the HV reference."""
+        c = self.config
+        meta = self.store.metadata()
+        self.resumed = "hv_reference" in meta  # set once the run's metadata is complete
+        if self.resumed:
+            _check_resumable(self.out, meta["config"], c.to_dict())
+            self.reference = tuple(meta["hv_reference"]["point"])
+        else:
+            ref = hv_reference(self.backend, self.input_shape, self.num_classes)
+            self.reference = tuple(ref["point"])
+            self.store.set("backend_card", self.card.to_dict())
+            self.store.set("version", uhnas.__version__)
+            self.store.set("seed", c.seed)
+            self.store.set("method", c.method)
+            self.store.set("objective_names", ["error", "energy_nj"])
+            self.store.set("objective", {"error": f"1 - {c.objective} validation accuracy", "energy_nj": "energy per inference, nJ"})
+            self.store.set("hv_reference", ref)  # last: its presence marks complete metadata
+        self.store.set("config", c.to_dict())
+        self.store.write_run_file(c.to_dict())
+        self.store.set("budget", c.budget)
+        self.store.set("finished", False)
+        self.settings = _eval_settings(c)
+        self.method = make_method(c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference))  # type: ignore[arg-type]
+        self.stored = {(r.generation, r.slot): r for r in self.store.records()}
+        self.log = {int(e["generation"]): e for e in self.store.generation_log()}
+        self.prior_elapsed = float(meta.get("elapsed_s", 0.0))
+        self.done = len(self.stored)
+
+    # -- one generation
+
+    def generation(self, g: int) -> None:
+        c = self.config
+        slots = c.population if g == 0 else c.offspring
+        base = self.context(g)
+        records: dict[int, TrialRecord] = {}
+        templates: dict[int, TrialRecord] = {}
+        jobs: list[Job] = []
+        for slot in range(slots):
+            choice = propose_slot(self.method, base, slot, self.known, c.evolution.max_attempts)
+            existing = self.stored.get((g, slot))
+            if existing is not None:
+                records[slot] = existing
+                if existing.hash:
+                    self.known[existing.hash] = (g, slot)
+                continue
+            if choice.proposal is None or choice.key is None:
+                last = choice.rejected[-1] if choice.rejected else "no proposal"
+                record = TrialRecord(
+                    generation=g, slot=slot, state="FAIL", attempt=choice.attempt, rejected=choice.rejected, seed=c.seed,
+                    reason=f"no valid new architecture after {choice.attempt} attempts; last: {last}",
+                )
+                records[slot] = self.store_record(record)
+                continue
+            self.known[choice.key] = (g, slot)
+            p = choice.proposal
+            templates[g * JOB_ID_STRIDE + slot] = TrialRecord(
+                generation=g, slot=slot, operator=p.operator, parents=tuple(p.parents), rationale=p.rationale,
+                metadata=dict(p.metadata), arch=p.arch.model_dump(mode="json"), hash=choice.key,
+                attempt=choice.attempt, rejected=choice.rejected, seed=c.seed,
+            )
+            jobs.append(Job(g * JOB_ID_STRIDE + slot, to_json(p.arch, indent=None), self.settings))
+        finished = g in self.log and len(records) == slots
+        if not finished:
+            self.emit(GenerationStarted(g, c.generations, slots, len(jobs), self.done, c.budget))
+        if jobs:
+            self.evaluate(jobs, templates, records)
+        ordered = [records[s] for s in range(slots)]
+        self.method.observe(ordered)
+        self.history.extend(ordered)
+        candidates = self.population + [r for r in ordered if r.arch is not None]
+        self.population = self.method.survive(candidates, c.population)
+        note = self.method.reflect(self.context(g))
+        if note is not None:
+            self.notes.append({"generation": g, **note})
+        if not finished:
+            self.close_generation(g, ordered, note)
+
+    def evaluate(self, jobs: list[Job], templates: dict[int, TrialRecord], records: dict[int, TrialRecord]) -> None:
+        """Run the jobs; each result is stored the moment it arrives."""
+        callback_s = 0.0
+
+        def on_result(result: JobResult) -> None:
+            nonlocal callback_s
+            t0 = time.perf_counter()
+            template = templates.pop(result.job_id, None)
+            if template is not None:
+                record = finish_record(template, result, self.config.objective)
+                records[record.slot] = self.store_record(record)
+                self.evaluated_here += 1
+            callback_s += time.perf_counter() - t0
+
+        executor = self.ensure_executor()
+        t0 = time.perf_counter()
+        results = executor.run(jobs, on_result)
+        self.waiting_s += time.perf_counter() - t0 - callback_s
+        for result in results:  # executors that return results without calling back
+            if result.job_id in templates:
+                on_result(result)
+        for job_id, template in list(templates.items()):
+            failed = JobResult(job_id, None, True, "the executor returned no result")
+            on_result(failed)
+
+    def store_record(self, record: TrialRecord) -> TrialRecord:
+        """Store one record and report it."""
+        self.store.add(record)
+        self.done += 1
+        kind = "candidate_failed" if record.failed else "candidate_evaluated"
+        self.emit(CandidateDone(record, record.generation, self.done, self.config.budget, self.elapsed(), kind=kind))
+        return record
+
+    def close_generation(self, g: int, ordered: list[TrialRecord], note: dict[str, Any] | None) -> None:
+        """Store the generation's entry (population, hypervolume, front) and the HV history; report it."""
+        c = self.config
+        hv = front_hypervolume(self.history, self.reference)
+        front = feasible_front(self.history)
+        elapsed = self.prior_elapsed + self.elapsed()
+        entry = {
+            "generation": g,
+            "evaluations": len(self.history),
+            "failures": sum(r.failed for r in ordered),
+            "hypervolume": hv,
+            "front_size": len(front),
+            "population": [r.number for r in self.population],
+            "elapsed_s": round(elapsed, 3),
+            "notes": note,
+        }
+        self.store.set_generation(g, entry)
+        self.log[g] = entry
+        history = [{k: self.log[i][k] for k in ("generation", "evaluations", "hypervolume", "front_size")} for i in sorted(self.log)]
+        self.store.set("hv_history", history)
+        self.store.set("elapsed_s", round(elapsed, 3))
+        self.emit(GenerationDone(
+            g, c.generations, hv, len(front), len(self.population), self.done, c.budget,
+            sum(r.failed for r in self.history), self.elapsed(), self.eta(), self.engine_seconds(),
+        ))
+
+    # -- the whole run
+
+    def run(self) -> RunResult:
+        c = self.config
+        self.emit(RunStarted(
+            c.method, str(self.out), c.budget, self.done, c.population, c.generations, c.offspring, self.resumed,
+            self.card.name, c.dataset, c.seed, self.reference,  # type: ignore[arg-type]
+        ))
+        for g in range(c.generations + 1):
+            self.generation(g)
+        summary = run_summary(self.history, self.population, self.reference)
+        summary["elapsed_s"] = round(self.prior_elapsed + self.elapsed(), 3)
+        summary["engine_seconds_last_session"] = round(self.engine_seconds(), 3)
+        self.store.set("summary", summary)
+        self.store.set("finished", True)
+        self.store.set("elapsed_s", summary["elapsed_s"])
+        self.emit(RunFinished(summary["hypervolume"], self.done, c.budget, self.elapsed(), self.engine_seconds(), summary))
+        return RunResult(
+            self.out, list(self.history), list(self.population), feasible_front(self.history),
+            summary["hypervolume"], summary, self.elapsed(), self.engine_seconds(),
+        )
+
+
+def run_search(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    executor: Executor | None = None,
+) -> RunResult:
+    """Run (or with resume=True continue) a search into run directory `out`; see the module docstring.
+
+    `executor` overrides the one the config describes (the caller then owns and closes it).
+    """
+    out = Path(out)
+    if config.method not in METHODS:
+        raise SearchError(f"unknown method {config.method!r}; known: {', '.join(method_names())}")
+    backend = load_backend(config.backend, list(config.backend_overrides))
+    shape = _dataset_shape(config)
+    if RunStore.exists(out):
+        if not resume:
+            raise SearchError(f"{out} already holds a run; resume it or choose another directory")
+        store = RunStore.open(out)
+    else:
+        store = RunStore.create(out, config.to_dict(), storage=config.storage, study_name=config.study_name)
+    search = _Search(config, out, store, backend, shape, progress, executor)
+    try:
+        search.setup()
+        return search.run()
+    finally:
+        search.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m uhnas.search.engine CONFIG OUT [--resume] [key=value ...]`: a search without any output."""
+    parser = argparse.ArgumentParser(prog="python -m uhnas.search.engine", description="Run a uhnas search (no output; see the store).")
+    parser.add_argument("config")
+    parser.add_argument("out")
+    parser.add_argument("overrides", nargs="*", help="key.path=value")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    run_search(load_config(args.config, args.overrides), args.out, resume=args.resume)
+    return 0
+
+
+__all__ = [
+    "CandidateDone",
+    "Event",
+    "GenerationDone",
+    "GenerationStarted",
+    "ProgressCallback",
+    "RunFinished",
+    "RunResult",
+    "RunStarted",
+    "SearchError",
+    "event_to_dict",
+    "hv_reference",
+    "propose_slot",
+    "reference_architectures",
+    "run_search",
+    "run_summary",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
