@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Objective = Literal["mean", "clean", "p5"]
 ExecutorKind = Literal["process", "inline", "ray"]
@@ -56,6 +56,41 @@ class EvolutionConfig(_Section):
     regevo_energy_weight: float = Field(default=0.1, ge=0)  # regevo scalarisation: error + weight * log10(energy / reference)
 
 
+class LLMSection(_Section):
+    """The language model behind LLM-guided methods (uhnas, llmatic, genius); see uhnas.llm.client.LLMConfig.
+
+    `provider` is "openai" (any OpenAI-compatible chat-completions server at `base_url`) or
+    "replay:<run dir>" (answers only from that run's llm.db, no network). The API key is never stored:
+    only the *name* of the environment variable holding it.
+    """
+
+    provider: str = "openai"
+    model: str
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=2048, ge=16)
+    seed: int | None = None  # sent to the server; None = derived from the run seed
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
+    price_prompt_usd_per_mtok: float | None = Field(default=None, ge=0)
+    price_completion_usd_per_mtok: float | None = Field(default=None, ge=0)
+    budget_tokens: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, gt=0)
+    system_prompt: Literal["hardware-aware", "generic", "minimal"] = "hardware-aware"
+    max_repairs: int = Field(default=2, ge=0)  # repair turns after an invalid answer, per proposal
+    init_failures_before_fallback: int = Field(default=2, ge=1)  # failed LLM init slots before conventional init tops up
+    shared_cache: str | None = None  # optional extra SQLite cache shared between runs
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if value != "openai" and not (value.startswith("replay:") and len(value) > len("replay:")):
+            raise ValueError("must be 'openai' or 'replay:<run dir>'")
+        return value
+
+
 class RunConfig(_Section):
     """One search run: what to search on, how candidates are evaluated, and the budget."""
 
@@ -76,6 +111,7 @@ class RunConfig(_Section):
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     storage: str | None = None  # SQLAlchemy URL of a shared Optuna storage; None = sqlite:///<out>/study.db
     study_name: str | None = None  # Optuna study name; None = the run directory's name
+    llm: LLMSection | None = None  # the language model of LLM-guided methods; None for conventional ones
 
     @property
     def budget(self) -> int:

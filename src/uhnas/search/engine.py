@@ -51,7 +51,10 @@ from uhnas.store import RunStore, TrialRecord, feasible_front, front_hypervolume
 
 JOB_ID_STRIDE = 1_000_000  # a job's id is generation * JOB_ID_STRIDE + slot (stable across resumes)
 RECENT = 16  # candidates shown to operators as `recent`
-RESUME_EXEMPT = ("executor.", "storage", "study_name")  # config keys that may change on resume (where and how, not what)
+RESUME_EXEMPT = (  # config keys that may change on resume (where and how, not what)
+    "executor.", "storage", "study_name",
+    "llm.budget_tokens", "llm.budget_usd", "llm.base_url", "llm.api_key_env", "llm.timeout_s", "llm.max_retries",
+)
 
 
 class SearchError(ValueError):
@@ -486,7 +489,7 @@ class _Search:
         self.store.set("budget", c.budget)
         self.store.set("finished", False)
         self.settings = _eval_settings(c)
-        self.method = make_method(c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference))  # type: ignore[arg-type]
+        self.method = make_method(c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference, self.out))  # type: ignore[arg-type]
         self.stored = {(r.generation, r.slot): r for r in self.store.records()}
         self.log = {int(e["generation"]): e for e in self.store.generation_log()}
         self.prior_elapsed = float(meta.get("elapsed_s", 0.0))

@@ -30,6 +30,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -57,6 +58,7 @@ class MethodSetup:
     input_shape: tuple[int, ...]
     num_classes: int
     hv_reference: tuple[float, float]  # (error, log10 nJ)
+    out: Path | None = None  # the run directory (LLM methods keep their response cache and call log there)
 
 
 class SearchMethod(Protocol):
@@ -367,6 +369,9 @@ METHODS: dict[str, MethodFactory | str] = {
     "regevo": _regevo,
     "optuna-nsga2": _optuna_nsga2,
     "optuna-tpe": _optuna_tpe,
+    "uhnas": "uhnas.search.llm_methods:make_uhnas",
+    "llmatic": "uhnas.search.llm_methods:make_llmatic",
+    "genius": "uhnas.search.llm_methods:make_genius",
 }
 """Method name -> factory, or a lazy 'module:function' path to one (imported only when that method runs)."""
 
