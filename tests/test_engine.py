@@ -150,7 +150,10 @@ def test_short_nsga2_run_with_real_evaluations(tmp_path: Path) -> None:
     json.dumps([event_to_dict(e) for e in events])
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+LLM_METHODS = {"uhnas", "llmatic", "genius"}  # need a language model: covered in tests/test_llm_search.py
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - LLM_METHODS))
 def test_every_method_runs_a_tiny_budget(tmp_path: Path, method: str) -> None:
     config = tiny(f"method={method}", "offspring=3")
     executor = SyntheticExecutor()
