@@ -1,0 +1,278 @@
+"""MZI-mesh backend: ideal limit, monotone degradation per non-ideality, reproducibility, constraints, training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from uhnas.arch import Network, analyze, build, forward_draws, parse_architecture
+from uhnas.data import load_dataset
+from uhnas.hardware.mzi import MZIBackend, MeshNoise
+from uhnas.hardware.mzi import energy
+from uhnas.hardware.mzi.noise import (
+    BOLTZMANN_J_PER_K,
+    ELEMENTARY_CHARGE_C,
+    attenuator_field,
+    detector_relative_noise,
+    sample_attenuators,
+)
+from uhnas.hardware.registry import BackendError, load_backend
+from uhnas.hardware.testing import assert_conforms
+from uhnas.train import TrainConfig, train
+
+SHAPE = (1, 8, 8)
+MLP = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 37}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}
+CNN = {
+    "layers": [
+        {"type": "conv2d", "out_channels": 6, "kernel": 3, "padding": 1},
+        {"type": "activation", "function": "relu"},
+        {"type": "maxpool", "kernel": 2},
+        {"type": "conv2d", "out_channels": 11, "kernel": 3},
+        {"type": "activation", "function": "relu"},
+        {"type": "flatten"},
+        {"type": "linear", "out_features": 10},
+    ]
+}
+# Every non-ideality of mzi-realistic switched off except the one under test (mzi-ideal plus one override).
+CLEAN = "mzi-ideal"
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _net(spec: dict, seed: int = 0) -> Network:
+    return build(parse_architecture(spec), SHAPE, 10, seed=seed).eval()
+
+
+def _mzi(name: str, overrides: dict | None = None) -> MZIBackend:
+    backend = load_backend(name, overrides or {})
+    assert isinstance(backend, MZIBackend)
+    return backend
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Small batched complex matmuls run several times faster on one thread than on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits) -> Network:
+    """64 -> 32 -> 10 MLP trained for 10 epochs on digits (~0.1 s): clean validation accuracy ~0.93."""
+    spec = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}
+    model = build(parse_architecture(spec), digits.input_shape, digits.num_classes, seed=0)
+    result = train(model, digits, TrainConfig(epochs=10, seed=0))
+    assert result.accuracy > 0.85
+    return model.eval()
+
+
+def _accuracy(backend: MZIBackend, model: Network, digits, draws: int = 16, seed: int = 0) -> torch.Tensor:
+    with torch.no_grad():
+        logits = backend.realize(model, draws, _gen(seed))(digits.x_val)
+    return (logits.argmax(-1) == digits.y_val).double().mean(1)
+
+
+def test_conforms_to_the_backend_protocol() -> None:
+    assert_conforms(_mzi("mzi-realistic"), _mzi("mzi-ideal"))
+    assert_conforms(_mzi("mzi-worst"))
+
+
+@pytest.mark.parametrize("spec", [MLP, CNN], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("overrides", [{}, {"mesh_size": 5}, {"mesh_size": 16, "loss_db_per_mzi": 0.99}], ids=["K8", "K5", "K16-lossy"])
+def test_noise_free_device_computes_the_ideal_network(spec: dict, overrides: dict) -> None:
+    # 64 -> 37 -> 10 and im2col matrices 6x9, 11x54, 10x176: none is a multiple of K, most span several tiles;
+    # the nominal path loss is calibrated out, so even 0.99 dB/MZI is exact without its spread.
+    model = _net(spec)
+    x = torch.randn(9, *SHAPE, generator=_gen(1))
+    with torch.no_grad():
+        reference = model(x)
+        realized = _mzi(CLEAN, overrides).realize(model, 3, _gen(0))(x)
+    assert realized.shape == (3, 9, 10)
+    torch.testing.assert_close(realized, reference.expand_as(realized), rtol=1e-5, atol=1e-5)
+
+
+def test_ideal_limit_in_double_precision_is_exact() -> None:
+    model = _net(MLP).double()
+    backend = MZIBackend(load_backend(CLEAN).preset, dtype=torch.complex128)
+    x = torch.randn(5, *SHAPE, generator=_gen(1), dtype=torch.float64)
+    with torch.no_grad():
+        error = (backend.realize(model, 2, _gen(0))(x) - model(x)).abs().max()
+    assert float(error) < 1e-10
+
+
+def _output_error(overrides: dict, draws: int = 12) -> float:
+    """Mean squared deviation of the realised logits from the ideal network's, over draws and inputs."""
+    model = _net(MLP, seed=3)
+    x = torch.randn(64, *SHAPE, generator=_gen(4))
+    with torch.no_grad():
+        reference = model(x)
+        out = _mzi(CLEAN, overrides).realize(model, draws, _gen(5))(x)
+    return float(((out - reference) ** 2).mean())
+
+
+@pytest.mark.parametrize(
+    "key, levels",
+    [
+        ("phase_noise_std", [0.01, 0.03, 0.1]),
+        ("phase_bits", [10, 7, 4]),
+        ("crosstalk", [0.002, 0.006, 0.02]),
+        ("coupler_error_std", [0.005, 0.02, 0.08]),
+        ("loss_db_std", [0.02, 0.1, 0.4]),
+        ("pd_sensitivity_dbm", [-25.0, -45.0, -65.0]),  # less received power -> more relative shot/thermal noise
+        ("adc_bits", [10, 7, 4]),
+        ("dac_bits", [10, 7, 4]),
+    ],
+)
+def test_output_error_grows_with_each_non_ideality(key: str, levels: list) -> None:
+    extra = {"detector_noise": True} if key == "pd_sensitivity_dbm" else {}
+    errors = [_output_error({key: level, **extra}) for level in levels]
+    assert _output_error({}) < 1e-9
+    assert 0 < errors[0] < errors[1] < errors[2], f"{key}: {errors}"
+
+
+def test_trained_mlp_accuracy_clean_ge_realistic_gt_worst(trained_mlp, digits) -> None:
+    clean = float(_accuracy(_mzi(CLEAN), trained_mlp, digits, draws=2).mean())
+    realistic = _accuracy(_mzi("mzi-realistic"), trained_mlp, digits)
+    worst = _accuracy(_mzi("mzi-worst"), trained_mlp, digits)
+    # Monte-Carlo tolerance: 16 draws x 360 images; per-draw std is ~0.005 (realistic) and ~0.04 (worst),
+    # so the means are known to ~0.002 and ~0.01; realistic may tie with clean within 0.01.
+    assert float(realistic.mean()) <= clean + 0.01
+    assert float(worst.mean()) < float(realistic.mean()) - 0.03
+    assert float(worst.std()) > float(realistic.std())  # chip-to-chip spread grows with the errors
+
+
+@pytest.mark.parametrize("key, levels", [("phase_noise_std", [0.0, 0.15, 0.4]), ("adc_bits", [None, 4, 2])])
+def test_trained_mlp_accuracy_falls_with_strength(trained_mlp, digits, key: str, levels: list) -> None:
+    accuracies = [float(_accuracy(_mzi(CLEAN, {key: level}), trained_mlp, digits, draws=8).mean()) for level in levels]
+    assert accuracies[0] > accuracies[1] > accuracies[2], accuracies
+
+
+def test_draws_are_vectorised_reproducible_and_seeded() -> None:
+    model = _net(MLP)
+    x = torch.randn(8, *SHAPE, generator=_gen(1))
+    backend = _mzi("mzi-realistic")
+    with torch.no_grad():
+        first = backend.realize(model, 6, _gen(7))(x)
+        again = backend.realize(model, 6, _gen(7))(x)
+        other = backend.realize(model, 6, _gen(8))(x)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+    flat = first.reshape(6, -1)
+    assert all(not torch.allclose(flat[i], flat[j]) for i in range(6) for j in range(i + 1, 6))
+
+
+def test_chip_errors_alone_give_one_fixed_chip_per_draw() -> None:
+    # Only fabrication errors (coupler split, loss spread): no per-draw phase noise, no detector noise.
+    backend = _mzi(CLEAN, {"coupler_error_std": 0.02, "loss_db_std": 0.1})
+    model = _net(MLP)
+    x = torch.randn(8, *SHAPE, generator=_gen(1))
+    with torch.no_grad():
+        realized = backend.realize(model, 4, _gen(3))
+        once, twice = realized(x), realized(x)  # the same chips evaluated twice: no fresh randomness
+    assert torch.equal(once, twice)
+    assert not torch.allclose(once[0], once[1])
+
+
+def test_detector_noise_follows_shot_and_thermal_formula() -> None:
+    p = _mzi("mzi-realistic").params
+    current = 1.0 * 10 ** (-25 / 10) * 2**8 * 1e-3  # A: responsivity x P_rx (SimPhony rule)
+    bandwidth = 10e9 / 2
+    variance = 2 * ELEMENTARY_CHARGE_C * (current + 1e-10) * bandwidth + 4 * BOLTZMANN_J_PER_K * 300 * bandwidth / 1000
+    assert detector_relative_noise(p) == pytest.approx(math.sqrt(variance) / current, rel=1e-12)
+    assert detector_relative_noise(p) == pytest.approx(1.45e-3, rel=0.01)
+    fewer_bits = p.model_copy(update={"adc_bits": 4})
+    assert detector_relative_noise(fewer_bits) > 3 * detector_relative_noise(p)  # 16x less light
+    assert detector_relative_noise(p.model_copy(update={"detector_noise": False})) == 0.0
+
+
+def test_attenuator_is_exact_when_ideal_and_leaks_with_coupler_error() -> None:
+    t = torch.tensor([[0.0, 0.25, 0.5, 1.0]], dtype=torch.float64)
+    ideal = MeshNoise(loss_db_per_mzi=0.3)
+    field = attenuator_field(t, ideal, sample_attenuators((1, 4), ideal, _gen(0), chips=2), _gen(0), draws=2)
+    torch.testing.assert_close(field, t.expand(2, 1, 4).to(field.dtype), rtol=0, atol=1e-15)
+    faulty = MeshNoise(coupler_error_std=0.05)
+    field = attenuator_field(t, faulty, sample_attenuators((1, 4), faulty, _gen(0), chips=2), _gen(0), draws=2)
+    assert float(field[..., 0].abs().min()) > 0  # imperfect extinction: "off" leaks light
+
+
+def test_check_feasible_small_and_infeasible_wide() -> None:
+    small = analyze(parse_architecture(MLP), SHAPE, 10)
+    for name in ("mzi-realistic", "mzi-worst"):
+        assert _mzi(name).check(small) == []
+    wide = analyze(parse_architecture({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 2048}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}), SHAPE, 10)
+    violations = {v.constraint: v for v in _mzi("mzi-realistic").check(wide)}
+    mzi = violations["max_mzis"]
+    tiles = 256 * 8 + 2 * 256  # 64 -> 2048: R=256, C=8; 2048 -> 10: R=2, C=256
+    assert (mzi.limit, mzi.actual, mzi.unit) == (32768, tiles * 64, "MZIs")
+    assert mzi.amount == pytest.approx(tiles * 64 / 32768 - 1)
+    power = violations["max_optical_power_mw"]
+    per_port_mw = 10 ** ((-25 + 17 * 0.2 + 1.0) / 10) * 2**8  # P_rx x path loss
+    assert power.actual == pytest.approx(per_port_mw * (64 * 256 + 2048 * 2))
+    assert power.amount == pytest.approx(power.actual / 10000 - 1)
+
+
+def test_worst_case_optical_budget_binds_before_the_mzi_budget() -> None:
+    mid = analyze(parse_architecture({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 128}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}), SHAPE, 10)
+    assert _mzi("mzi-realistic").check(mid) == []
+    (violation,) = _mzi("mzi-worst").check(mid)
+    assert violation.unit == "mW" and violation.amount > 0
+    assert energy.total_mzis(mid, _mzi("mzi-worst").params) < 32768
+
+
+def test_overrides_and_validation() -> None:
+    backend = _mzi("mzi-realistic", {"phase_noise_std": 0.05})
+    assert backend.params.phase_noise_std == 0.05
+    assert backend.describe().constants["phase_noise_std"]["source"] == "user override"
+    assert load_backend("mzi-realistic", ["adc_bits=null"]).params.adc_bits is None  # type: ignore[attr-defined]
+    with pytest.raises(BackendError, match="no constant"):
+        load_backend("mzi-realistic", ["phase_noise=0.1"])
+    with pytest.raises(BackendError, match="mesh_size"):
+        load_backend("mzi-realistic", ["mesh_size=2"])
+
+
+def test_mapping_follows_weight_changes_even_without_version_bumps() -> None:
+    model = _net(MLP)
+    backend = _mzi(CLEAN)
+    x = torch.randn(4, *SHAPE, generator=_gen(1))
+    with torch.no_grad():
+        backend.realize(model, 1, _gen(0))(x)
+        model[1].op.weight.data.mul_(-2.0)  # .data: no version bump, as fused optimizer kernels
+        torch.testing.assert_close(backend.realize(model, 1, _gen(0))(x)[0], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_training_programs_are_differentiable_and_resample_noise() -> None:
+    model = _net(MLP).train()
+    backend = _mzi("mzi-realistic")
+    generator = _gen(0)
+    x = torch.randn(16, *SHAPE, generator=_gen(1))
+    first = forward_draws(model, backend.training_programs(model, generator), 1, x)
+    second = forward_draws(model, backend.training_programs(model, generator), 1, x)
+    assert not torch.allclose(first, second)  # a fresh hardware sample per call
+    params = list(model.parameters())
+    grads = torch.autograd.grad(first.logsumexp(-1).sum(), params)
+    for grad, param in zip(grads, params, strict=True):
+        assert torch.isfinite(grad).all()
+        assert grad.stride() == param.stride()  # fused optimizers read grads laid out like the parameters
+
+
+def test_noise_aware_training_runs_with_uhnas_train(digits) -> None:
+    backend = _mzi("mzi-realistic")
+    generator = _gen(0)
+    model = build(parse_architecture(MLP), digits.input_shape, digits.num_classes, seed=0)
+
+    def forward(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return forward_draws(m, backend.training_programs(m, generator), 1, x)[0]  # type: ignore[arg-type]
+
+    result = train(model, digits, TrainConfig(epochs=3, seed=0), forward=forward)
+    assert not result.failed and result.accuracy > 0.7
