@@ -300,7 +300,7 @@ class DyingExecutor(SyntheticExecutor):
         return []
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(set(METHODS) - LLM_METHODS))
 def test_interrupted_mid_generation_resumes_like_an_uninterrupted_run(tmp_path: Path, method: str) -> None:
     config = tiny(f"method={method}", "generations=3", "offspring=3")
     with pytest.raises(Killed):
