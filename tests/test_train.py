@@ -206,3 +206,25 @@ def test_config_validation(field: str, value: object) -> None:
 def test_model_without_parameters_is_rejected(digits: Dataset) -> None:
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(nn.Flatten(), digits, TrainConfig(epochs=1))
+
+
+def test_fused_update_handles_gradients_in_another_layout():
+    """A forward whose weight gradient comes out column-major must train exactly like the plain forward."""
+    from uhnas.data import load_dataset
+    from uhnas.train import TrainConfig, train
+
+    class Linear(torch.nn.Module):
+        def __init__(self, transposed: bool) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.linspace(-0.1, 0.1, 640).reshape(10, 64))
+            self.transposed = transposed
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = self.weight.t().contiguous().t().t() if self.transposed else self.weight.t()
+            return x.flatten(1) @ w  # the first gives a gradient with strides (1, 10), the second (64, 1)
+
+    data = load_dataset("digits")
+    plain = train(Linear(False), data, TrainConfig(epochs=3, seed=0))
+    odd = train(Linear(True), data, TrainConfig(epochs=3, seed=0))
+    assert odd.final_loss == pytest.approx(plain.final_loss, rel=1e-5)
+    assert odd.accuracy == pytest.approx(plain.accuracy)

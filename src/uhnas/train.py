@@ -183,7 +183,7 @@ class _FusedAdam:
 
     def __call__(self, loss: Tensor) -> None:
         """Backpropagate `loss` and apply one Adam update."""
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        grads = tuple(_in_layout_of(g, p) for g, p in zip(torch.autograd.grad(loss, self.params, allow_unused=True), self.params))
         if all(g is not None for g in grads):
             _fused_adam_update(self.params, list(grads), self.exp_avgs, self.exp_avg_sqs, self.steps, self)
             return
@@ -191,6 +191,17 @@ class _FusedAdam:
         if used:
             lists = (self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps)
             _fused_adam_update(*([seq[i] for i in used] for seq in lists), self)  # type: ignore[misc]
+
+
+def _in_layout_of(grad: Tensor | None, param: Tensor) -> Tensor | None:
+    """The gradient in the parameter's strides: the fused kernel reads both as flat memory of the same layout.
+
+    autograd.grad does not apply AccumulateGrad's layout contract, so a program that multiplies by weight.T
+    yields a column-major gradient for a row-major weight; without this copy the update would be scrambled.
+    """
+    if grad is None or grad.stride() == param.stride():
+        return grad
+    return torch.empty_strided(param.shape, param.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
 
 
 def _fused_adam_update(

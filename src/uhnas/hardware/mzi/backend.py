@@ -330,26 +330,6 @@ class _TrainingPool:
         return self.errors[self.used - 1]
 
 
-class _GradInParameterLayout(torch.autograd.Function):
-    """Identity whose backward returns the gradient in the parameter's own strides.
-
-    torch.autograd.grad does not apply AccumulateGrad's layout contract, and fused optimizers read gradients
-    as flat memory laid out like the parameter; the tiled matmul otherwise yields column-major weight grads.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        """Remember the layout; pass x through."""
-        ctx.layout = (x.shape, x.stride())
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        """The gradient copied into the parameter's strides."""
-        shape, stride = ctx.layout
-        return torch.empty_strided(shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
-
-
 def _training_program(backend: MZIBackend, layer: MatMul, generator: torch.Generator) -> Program:
     """rows (1, n, in) -> (1, n, out), differentiable in weights, bias and inputs, one fresh hardware sample per call."""
 
@@ -364,7 +344,7 @@ def _training_program(backend: MZIBackend, layer: MatMul, generator: torch.Gener
             error = pool.next()
         assert error is not None
         mapped, k = pool.mapped, backend.params.mesh_size
-        weight = _GradInParameterLayout.apply(layer.weight).reshape(layer.weight.shape[0], -1)
+        weight = layer.weight.reshape(layer.weight.shape[0], -1)
         effective = weight + error
         padded = F.pad(effective, (0, mapped.col_tiles * k - mapped.cols, 0, mapped.row_tiles * k - mapped.rows))
         tiles = padded.reshape(mapped.row_tiles, k, mapped.col_tiles, k).permute(0, 2, 1, 3)
