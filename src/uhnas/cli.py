@@ -243,6 +243,218 @@ def backends(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
             console.print(f"[red]backend plugin {name!r} failed to load:[/red] {reason}")
 
 
+# --------------------------------------------------------------------------------------- search
+def _search_overrides(**flags: Any) -> list[str]:
+    """CLI flags -> config overrides (key.path=value); flags left unset change nothing."""
+    paths = {
+        "method": "method", "dataset": "dataset", "data_dir": "data_dir", "backend": "backend", "seed": "seed",
+        "population": "population", "generations": "generations", "offspring": "offspring", "objective": "objective",
+        "mc": "mc", "device": "device", "epochs": "training.epochs", "noise_aware": "training.noise_aware",
+        "workers": "executor.workers", "timeout": "executor.timeout_s", "executor": "executor.kind",
+        "ray_address": "executor.ray_address", "llm": "llm.provider", "model": "llm.model", "base_url": "llm.base_url",
+        "api_key_env": "llm.api_key_env", "llm_budget_tokens": "llm.budget_tokens", "llm_budget_usd": "llm.budget_usd",
+        "system_prompt": "llm.system_prompt", "temperature": "llm.temperature",
+    }
+    overrides = [f"{paths[name]}={json.dumps(value) if isinstance(value, str) else value}" for name, value in flags.items() if value is not None and name in paths]
+    if flags.get("backend_set"):
+        overrides.append(f"backend_overrides={json.dumps(list(flags['backend_set']))}")
+    return [o.replace("=True", "=true").replace("=False", "=false") for o in overrides]
+
+
+def _front_rows(records: list[Any]) -> list[dict[str, Any]]:
+    """Front members as JSON-ready rows, cheapest first."""
+    from uhnas.llm.prompting import compact_layers
+
+    rows = []
+    for r in sorted(records, key=lambda r: r.energy_nj):
+        rows.append(
+            {
+                "trial": r.number, "hash": r.hash, "error": r.error, "energy_nj": r.energy_nj,
+                "accuracy_clean": r.accuracy("clean"), "accuracy_noisy_mean": r.accuracy("mean"), "accuracy_noisy_p5": r.accuracy("p5"),
+                "params": (r.evaluation or {}).get("params"), "macs": (r.evaluation or {}).get("macs"),
+                "generation": r.generation, "operator": r.operator, "layers": compact_layers(r.arch or {"layers": []}), "arch": r.arch,
+            }
+        )
+    return rows
+
+
+def _front_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("trial", "hash", "error", "noisy acc (p5)", "clean acc", "energy nJ", "params", "layers"):
+        table.add_column(column, justify="left" if column in ("hash", "layers") else "right", overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row["trial"]), row["hash"], f"{row['error']:.4f}",
+            f"{row['accuracy_noisy_mean']:.4f} ({row['accuracy_noisy_p5']:.4f})", f"{row['accuracy_clean']:.4f}",
+            f"{row['energy_nj']:.4g}", _fmt_int(row["params"] or 0), row["layers"],
+        )
+    return table
+
+
+def _write_plot(out: Path, records: list[Any], title: str, objective: str) -> Path:
+    from uhnas.report.pareto import plot_pareto
+    from uhnas.store import feasible_front
+
+    evaluated = [r for r in records if not r.failed]
+    front = {r.number for r in feasible_front(records)}
+    label = {"mean": "error under non-idealities (1 - mean noisy accuracy)", "p5": "error (1 - 5th-percentile noisy accuracy)", "clean": "error (1 - clean accuracy)"}[objective]
+    return plot_pareto(
+        [r.error for r in evaluated], [r.energy_nj for r in evaluated], [r.feasible for r in evaluated],
+        [r.number in front for r in evaluated], out / "pareto.png", title=title, error_label=label,
+    )
+
+
+@app.command()
+def search(
+    config: Annotated[Optional[Path], typer.Option(help="Run configuration YAML (e.g. examples/digits_mzi.yaml).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (study.db, pareto.png, llm.db).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory to its budget.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="nsga2, random, regevo, optuna-nsga2, optuna-tpe, uhnas, llmatic, genius.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Backend preset or YAML file.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a backend constant: key=value (repeatable).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="digits, mnist or fashion-mnist.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Directory holding MNIST-style IDX files.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0)] = None,
+    population: Annotated[Optional[int], typer.Option(min=2)] = None,
+    generations: Annotated[Optional[int], typer.Option(min=0)] = None,
+    offspring: Annotated[Optional[int], typer.Option(min=1)] = None,
+    objective: Annotated[Optional[str], typer.Option(help="mean, clean or p5: which accuracy the error objective uses.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    mc: Annotated[Optional[int], typer.Option(min=0, help="Monte-Carlo draws per candidate.")] = None,
+    noise_aware: Annotated[Optional[bool], typer.Option("--noise-aware/--no-noise-aware")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes (default: CPU cores).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=0.0, help="Seconds per candidate before it is killed.")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="process, inline or ray.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
+    llm: Annotated[Optional[str], typer.Option(help="openai (any OpenAI-compatible server) or replay:<run dir>.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="LLM model name.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Name of the environment variable holding the API key.")] = None,
+    llm_budget_tokens: Annotated[Optional[int], typer.Option(min=1, help="Stop the run cleanly at this many LLM tokens.")] = None,
+    llm_budget_usd: Annotated[Optional[float], typer.Option(min=0.0, help="Stop the run cleanly at this LLM cost.")] = None,
+    system_prompt: Annotated[Optional[str], typer.Option(help="hardware-aware, generic or minimal.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(min=0.0)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final front and summary as JSON; no live display.")] = False,
+) -> None:
+    """Search architectures: NSGA-II (or another method) over accuracy under device noise and energy."""
+    with cli_errors():
+        from uhnas.config import apply_overrides, config_from_dict, read_yaml
+        from uhnas.search.engine import run_search
+        from uhnas.store import RunStore
+
+        flags = dict(
+            method=method, backend=backend, backend_set=set_, dataset=dataset, data_dir=data_dir, seed=seed,
+            population=population, generations=generations, offspring=offspring, objective=objective, epochs=epochs,
+            mc=mc, noise_aware=noise_aware, workers=workers, timeout=timeout, executor=executor, ray_address=ray_address,
+            device=device, llm=llm, model=model, base_url=base_url, api_key_env=api_key_env,
+            llm_budget_tokens=llm_budget_tokens, llm_budget_usd=llm_budget_usd, system_prompt=system_prompt, temperature=temperature,
+        )
+        if resume is not None:
+            if config is not None or (out is not None and out != resume):
+                raise CLIError("--resume takes the run directory and its stored config; do not combine it with --config or another --out")
+            if not RunStore.exists(resume):
+                raise CLIError(f"{resume}: no run to resume (no study.db)")
+            base, source, run_dir = RunStore.open(resume).metadata()["config"], f"{resume} (stored config)", resume
+        else:
+            if out is None:
+                raise CLIError("--out DIR is required (the run directory)")
+            base, source, run_dir = (read_yaml(config) if config else {}), str(config or "defaults"), out
+        resolved = config_from_dict(apply_overrides(base, _search_overrides(**flags)), source=source)
+        if as_json:
+            result = run_search(resolved, run_dir, resume=resume is not None)
+        else:
+            from uhnas.report.live import LiveDisplay
+
+            console.print(f"[bold]uhnas search[/bold] {resolved.method} on {resolved.dataset} / {resolved.backend}: "
+                          f"{resolved.budget} evaluations → {run_dir}")
+            with LiveDisplay(console) as display:
+                result = run_search(resolved, run_dir, resume=resume is not None, progress=display)
+        plot = _write_plot(run_dir, result.records, f"{resolved.method} on {resolved.dataset} / {resolved.backend}", resolved.objective)
+        rows = _front_rows(result.front)
+        if as_json:
+            _print_json({"out": str(run_dir), "front": rows, "summary": result.summary, "pareto_png": str(plot)})
+            return
+        console.print(_front_table(rows, f"Pareto front ({len(rows)} of {len(result.records)} candidates)"))
+        console.print(f"hypervolume {result.hypervolume:.4f}; plot {plot}; dashboard: optuna-dashboard sqlite:///{run_dir}/study.db")
+
+
+@app.command()
+def status(
+    out: Annotated[Path, typer.Argument(help="Run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Progress of a run: trials against the budget, failures, generation, hypervolume, front size."""
+    with cli_errors():
+        from uhnas.store import RunStore
+
+        if not RunStore.exists(out):
+            raise CLIError(f"{out}: no run here (no study.db)")
+        data = RunStore.open(out).status().to_dict()
+        if as_json:
+            _print_json(data)
+            return
+        table = Table(title=f"run {out}")
+        table.add_column("")
+        table.add_column("", justify="right")
+        for key, value in data.items():
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+
+@app.command()
+def pareto(
+    out: Annotated[Path, typer.Argument(help="Run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list of front members.")] = False,
+) -> None:
+    """The feasible Pareto front of a run: hash, error, energy, parameters, layers."""
+    with cli_errors():
+        from uhnas.store import RunStore
+
+        if not RunStore.exists(out):
+            raise CLIError(f"{out}: no run here (no study.db)")
+        rows = _front_rows(RunStore.open(out).front())
+        if as_json:
+            _print_json(rows)
+            return
+        console.print(_front_table(rows, f"Pareto front of {out} ({len(rows)} members)"))
+
+
+# --------------------------------------------------------------------------------------- prompts
+prompts_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The LLM operators' prompt templates.")
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("render")
+def prompts_render(
+    config: Annotated[Optional[Path], typer.Option(help="Run configuration YAML (backend, dataset, llm.system_prompt).")] = None,
+    kind: Annotated[str, typer.Option(help="init, mutate, crossover, reflect, llmatic_mutate or genius.")] = "mutate",
+    system_prompt: Annotated[Optional[str], typer.Option(help="hardware-aware, generic or minimal.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The messages as JSON.")] = False,
+) -> None:
+    """Print what the model would see, with the config's backend and dataset and an example population."""
+    with cli_errors():
+        from uhnas.arch import architecture_schema
+        from uhnas.config import config_from_dict, read_yaml
+        from uhnas.data import dataset_spec
+        from uhnas.hardware.registry import load_backend
+        from uhnas.llm.prompting import example_context, render_messages
+
+        resolved = config_from_dict(read_yaml(config) if config else {}, source=str(config or "defaults"))
+        context = example_context(architecture_schema())
+        shape, classes = dataset_spec(resolved.dataset)
+        context["backend"] = load_backend(resolved.backend, list(resolved.backend_overrides)).describe().to_dict()
+        context["task"] = {"dataset": resolved.dataset, "input_shape": list(shape), "num_classes": classes, "epochs": resolved.training.epochs}
+        context["objective"] = resolved.objective
+        variant = system_prompt or (resolved.llm.system_prompt if resolved.llm else None)
+        messages = render_messages(kind, context, system_variant=variant)
+        if as_json:
+            _print_json(messages)
+            return
+        for message in messages:
+            sys.stdout.write(f"===== {message['role']} =====\n{message['content']}\n")
+
+
 def main() -> None:
     """Entry point for `python -m uhnas`."""
     app()
