@@ -1,0 +1,89 @@
+"""`uhnas search / status / pareto / prompts`: tiny real runs through the CLI, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from uhnas.cli import app
+
+runner = CliRunner()
+TINY = ["--backend", "gpu-b200-fp16", "--population", "4", "--generations", "1", "--offspring", "2", "--epochs", "1", "--mc", "2", "--executor", "inline"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("search", "--config", "examples/digits_mzi.yaml", "--out", out, *TINY, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["front"] and Path(data["pareto_png"]).exists()
+    return out
+
+
+def test_status_reports_the_finished_budget(run_dir: Path):
+    data = json.loads(invoke("status", run_dir, "--json").stdout)
+    assert data["trials"] == data["budget"] == 6 and data["finished"] is True
+
+
+def test_pareto_lists_non_dominated_feasible_members(run_dir: Path):
+    rows = json.loads(invoke("pareto", run_dir, "--json").stdout)
+    assert rows and all(row["hash"] and row["energy_nj"] > 0 for row in rows)
+    for a in rows:
+        assert not any(b["error"] <= a["error"] and b["energy_nj"] <= a["energy_nj"] and (b["error"], b["energy_nj"]) != (a["error"], a["energy_nj"]) for b in rows)
+    table = invoke("pareto", run_dir)
+    assert table.exit_code == 0 and "Pareto front" in table.stdout
+
+
+def test_resume_of_a_finished_run_evaluates_nothing_and_a_larger_budget_continues(run_dir: Path):
+    again = invoke("search", "--resume", run_dir, "--json")
+    assert again.exit_code == 0, again.output
+    more = invoke("search", "--resume", run_dir, "--generations", "2", "--json")
+    assert more.exit_code == 0, more.output
+    assert json.loads(invoke("status", run_dir, "--json").stdout)["trials"] == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "--config", "examples/digits_mzi.yaml"), "--out DIR is required"),
+        (("search", "--config", "examples/absent.yaml", "--out", "{tmp}/x"), "no such configuration file"),
+        (("search", "--out", "{tmp}/x", "--method", "bogus", *TINY), "unknown method 'bogus'"),
+        (("search", "--out", "{tmp}/x", "--objective", "median", *TINY), "objective"),
+        (("search", "--out", "{tmp}/x", "--method", "uhnas", *TINY), "needs a language model"),
+        (("search", "--resume", "{tmp}/nothing"), "no run to resume"),
+        (("status", "{tmp}/nothing"), "no run here"),
+    ],
+)
+def test_search_errors_are_one_line(tmp_path: Path, args, message):
+    result = invoke(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_key_names_the_file_and_key(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: nsga2\ntraining:\n  epoch: 3\n")
+    result = invoke("search", "--config", bad, "--out", tmp_path / "x")
+    assert result.exit_code == 2
+    assert f"{bad}: training.epoch: unknown key" in result.stderr
+
+
+def test_existing_run_is_not_overwritten(run_dir: Path):
+    result = invoke("search", "--out", run_dir, *TINY)
+    assert result.exit_code == 2 and "already holds a run" in result.stderr
+
+
+@pytest.mark.parametrize("variant", ["hardware-aware", "generic", "minimal"])
+def test_prompts_render_shows_the_backend_only_when_hardware_aware(variant: str):
+    result = invoke("prompts", "render", "--config", "examples/digits_mzi.yaml", "--system-prompt", variant, "--json")
+    assert result.exit_code == 0, result.output
+    system = json.loads(result.stdout)[0]["content"]
+    assert ("phase_noise_std" in system) == (variant == "hardware-aware")
