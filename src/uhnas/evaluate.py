@@ -18,7 +18,7 @@ from torch import Tensor
 
 from uhnas.arch import Architecture, ArchitectureError, Network, analyze, arch_hash, build, forward_draws
 from uhnas.data import Dataset, load_dataset, resolve_device
-from uhnas.hardware.base import Backend, total_violation
+from uhnas.hardware.base import Backend, RealizedModel, total_violation
 from uhnas.hardware.registry import load_backend
 from uhnas.seeding import derive_seed, torch_generator
 from uhnas.train import TrainConfig, evaluate_accuracy, train
@@ -77,10 +77,9 @@ class Evaluation:
         return data
 
 
-def noisy_accuracy(backend: Backend, model: Network, x: Tensor, y: Tensor, draws: int, generator: torch.Generator) -> Tensor:
-    """Per-draw accuracy (draws,) of the model as the backend computes it, in memory-bounded chunks."""
-    model.eval()
-    realized = backend.realize(model, draws, generator)
+def noisy_accuracy(realized: RealizedModel, x: Tensor, y: Tensor) -> Tensor:
+    """Per-draw accuracy (draws,) of a realised model, in memory-bounded chunks of samples."""
+    draws = realized.draws
     correct = torch.zeros(draws, dtype=torch.float64, device=x.device)
     chunk = max(1, MC_ROWS_PER_CHUNK // draws)
     with torch.inference_mode():
@@ -153,9 +152,10 @@ def evaluate(
         return result
     if mc > 0:
         start = time.perf_counter()
-        generator = torch_generator(config.seed, key, "mc", device=data.device)
-        result.noisy_accuracy = summarize_draws(noisy_accuracy(hw, model, data.x_val, data.y_val, mc, generator))
-        result.noisy_test_accuracy = float(noisy_accuracy(hw, model, data.x_test, data.y_test, mc, generator).mean())
+        model.eval()
+        realized = hw.realize(model, mc, torch_generator(config.seed, key, "mc", device=data.device))  # the same chips for both splits
+        result.noisy_accuracy = summarize_draws(noisy_accuracy(realized, data.x_val, data.y_val))
+        result.noisy_test_accuracy = float(noisy_accuracy(realized, data.x_test, data.y_test).mean())
         result.mc_seconds = time.perf_counter() - start
     return result
 

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from uhnas.arch import ArchitectureError, parse_architecture_json
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,7 @@ class Executor(Protocol):
 
 def run_job(job: Job) -> JobResult:
     """Evaluate one job in this process; every exception becomes a failed result with its reason."""
+    from uhnas.arch import ArchitectureError, parse_architecture_json  # imported here: torch loads only in workers
     from uhnas.evaluate import evaluate
     from uhnas.hardware.registry import load_backend
     from uhnas.train import TrainConfig
