@@ -17,9 +17,13 @@ again with a fresh stream (attempt + 1), up to `evolution.max_attempts`; a slot 
 is stored as a FAIL trial listing why every attempt was refused.
 
 Hypervolume: in the normalised space (error, log10 nJ) against a reference point frozen when the run starts:
-error 1.0 and the backend's energy for the costlier of two "corner" networks of the conventional search space
-(`reference_architectures`) plus `metrics.DEFAULT_ENERGY_MARGIN_DECADES` decade. Networks costlier than that
-corner add nothing, which keeps values comparable across generations and methods on the same backend.
+error 1.0 and the highest backend energy among networks that bound the conventional search space (its corner
+networks and fixed random draws, `reference_architectures`) plus `metrics.DEFAULT_ENERGY_MARGIN_DECADES` decade.
+Costlier networks add nothing; the point depends only on backend and dataset, so values compare across
+generations, methods and seeds.
+
+Scheduling: a generation's jobs are submitted costliest first (MACs + parameters), so parallel workers finish it
+together instead of waiting on one long candidate started last.
 
 The engine never prints: it reports through `progress(event)` callbacks (see the event classes).
 """
@@ -39,13 +43,13 @@ import uhnas
 from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, structural_distance, to_json
 from uhnas.arch.model import Activation, Conv2d, Flatten, Linear, MaxPool
 from uhnas.config import RunConfig, config_differences, load_config
-from uhnas.hardware.base import Backend
+from uhnas.hardware.base import Backend, BackendCard
 from uhnas.hardware.registry import load_backend
 from uhnas.metrics import DEFAULT_ENERGY_MARGIN_DECADES, energy_range_decades, mean_pairwise_distance, reference_point, robustness_summary
 from uhnas.search.jobs import EvalSettings, Executor, Job, JobResult
 from uhnas.search.methods import METHODS, MethodSetup, SearchMethod, make_method, method_names
 from uhnas.search.operators.base import OperatorContext, Proposal
-from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, WIDTHS
+from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, WIDTHS, random_architecture
 from uhnas.seeding import numpy_rng
 from uhnas.store import RunStore, TrialRecord, feasible_front, front_hypervolume, objective_accuracy
 
@@ -55,6 +59,7 @@ RESUME_EXEMPT = (  # config keys that may change on resume (where and how, not w
     "executor.", "storage", "study_name",
     "llm.budget_tokens", "llm.budget_usd", "llm.base_url", "llm.api_key_env", "llm.timeout_s", "llm.max_retries",
 )
+REFERENCE_SAMPLE = 256  # fixed random draws of the initializer that bound the space's energy (hv_reference)
 
 
 class SearchError(ValueError):
@@ -170,12 +175,18 @@ class RunResult:
 # ----------------------------------------------------------------------------- reference point
 
 
-def reference_architectures(input_shape: tuple[int, ...], num_classes: int) -> list[Architecture]:
-    """The two corners of the conventional space: widest MLP, and the CNN with the most and widest conv layers."""
+def reference_architectures(input_shape: tuple[int, ...], num_classes: int, card: BackendCard) -> list[Architecture]:
+    """Networks that bound the conventional space's energy: its corners and REFERENCE_SAMPLE fixed random draws.
+
+    Corners: the widest deepest MLP, and the CNN with the most and widest conv layers (as few 2x2 pools as the
+    parameter limit allows). Energy is not monotone in size on every backend (an optical mesh's laser power grows
+    with its depth), so fixed draws of the random initializer (streams independent of the run seed: every method
+    and seed on a backend and dataset gets the same reference) cover the rest of the space.
+    """
     hidden = [layer for _ in range(MAX_MATMULS - 1) for layer in (Linear(type="linear", out_features=WIDTHS[-1]), Activation(type="activation", function="relu"))]
     head = [Linear(type="linear", out_features=num_classes)]
     mlp = Architecture(layers=([Flatten(type="flatten")] if len(input_shape) == 3 else []) + hidden + head)
-    corners = [mlp]
+    archs = [mlp]
     if len(input_shape) == 3:
         convs = [layer for _ in range(3) for layer in (Conv2d(type="conv2d", out_channels=CHANNELS[-1], kernel=5, padding=2), Activation(type="activation", function="relu"))]
         dense = hidden[: 2 * (MAX_MATMULS - 4)]
@@ -185,15 +196,22 @@ def reference_architectures(input_shape: tuple[int, ...], num_classes: int) -> l
                 analyze(cnn, input_shape, num_classes)
             except ArchitectureError:
                 continue
-            corners.append(cnn)
+            archs.append(cnn)
             break
-    return corners
+    context = OperatorContext(
+        generation=0, slot=0, attempt=0, rng=numpy_rng("hv-reference"), seed=0, dataset="", input_shape=input_shape,
+        num_classes=num_classes, backend=card, objective="mean", population=(), front=(), recent=(), history=(),
+        is_known=lambda key: False, generations=0, offspring=0, population_size=0,
+    )
+    for draw in range(REFERENCE_SAMPLE):
+        archs.append(random_architecture(context.with_attempt(0, draw, numpy_rng("hv-reference", draw), ())))
+    return archs
 
 
 def hv_reference(backend: Backend, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    """The frozen hypervolume reference: error 1, log10 of the costlier corner network's energy + margin."""
+    """The frozen hypervolume reference: error 1, log10 of the costliest reference network's energy + margin."""
     best: tuple[float, Architecture] | None = None
-    for arch in reference_architectures(input_shape, num_classes):
+    for arch in reference_architectures(input_shape, num_classes, backend.describe()):
         energy = backend.energy(analyze(arch, input_shape, num_classes)).total_nj
         if best is None or energy > best[0]:
             best = (energy, arch)
@@ -205,7 +223,10 @@ def hv_reference(backend: Backend, input_shape: tuple[int, ...], num_classes: in
         "reference_energy_nj": best[0],
         "margin_decades": DEFAULT_ENERGY_MARGIN_DECADES,
         "reference_network": best[1].model_dump(mode="json"),
-        "rule": "error 1.0; log10 of the backend energy of the costlier corner network of the conventional space, plus the margin",
+        "rule": (
+            f"error 1.0; log10 of the highest backend energy among the conventional space's corner networks and "
+            f"{REFERENCE_SAMPLE} fixed random draws of its initializer, plus the margin"
+        ),
     }
 
 
@@ -262,6 +283,12 @@ def propose_slot(
             continue
         return SlotChoice(proposal, key, attempt, rejected)
     return SlotChoice(None, None, max_attempts, rejected)
+
+
+def estimated_cost(arch: Architecture, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """A relative evaluation cost (MACs drive training, matrix sizes drive device simulation) to schedule by."""
+    summary = analyze(arch, input_shape, num_classes)
+    return summary.macs + summary.params
 
 
 def finish_record(template: TrialRecord, result: JobResult, objective: str) -> TrialRecord:
@@ -331,7 +358,7 @@ def _check_resumable(out: Path, old: dict[str, Any], new: dict[str, Any]) -> Non
         raise SearchError(f"{out}: cannot resume with a different configuration: {', '.join(diffs)} differ (only generations may grow)")
 
 
-def _eval_settings(config: RunConfig) -> EvalSettings:
+def eval_settings(config: RunConfig) -> EvalSettings:
     """The evaluation settings every job of the run shares."""
     t = config.training
     return EvalSettings(
@@ -389,6 +416,7 @@ class _Search:
         shape: tuple[tuple[int, ...], int],
         progress: ProgressCallback | None,
         executor: Executor | None,
+        start: float,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -399,7 +427,7 @@ class _Search:
         self.progress = progress
         self.executor = executor
         self.own_executor = executor is None
-        self.start = time.perf_counter()
+        self.start = start
         self.waiting_s = 0.0  # time blocked on evaluations (executor start-up and run, minus our callbacks)
         self.evaluated_here = 0
         self.history: list[TrialRecord] = []
@@ -488,7 +516,7 @@ class _Search:
         self.store.write_run_file(c.to_dict())
         self.store.set("budget", c.budget)
         self.store.set("finished", False)
-        self.settings = _eval_settings(c)
+        self.settings = eval_settings(c)
         self.method = make_method(c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference, self.out))  # type: ignore[arg-type]
         self.stored = {(r.generation, r.slot): r for r in self.store.records()}
         self.log = {int(e["generation"]): e for e in self.store.generation_log()}
@@ -504,6 +532,7 @@ class _Search:
         records: dict[int, TrialRecord] = {}
         templates: dict[int, TrialRecord] = {}
         jobs: list[Job] = []
+        costs: dict[int, int] = {}
         for slot in range(slots):
             choice = propose_slot(self.method, base, slot, self.known, c.evolution.max_attempts)
             existing = self.stored.get((g, slot))
@@ -528,6 +557,8 @@ class _Search:
                 attempt=choice.attempt, rejected=choice.rejected, seed=c.seed,
             )
             jobs.append(Job(g * JOB_ID_STRIDE + slot, to_json(p.arch, indent=None), self.settings))
+            costs[g * JOB_ID_STRIDE + slot] = estimated_cost(p.arch, self.input_shape, self.num_classes)
+        jobs.sort(key=lambda job: (-costs[job.job_id], job.job_id))  # longest first: shortest generation makespan
         finished = g in self.log and len(records) == slots
         if not finished:
             self.emit(GenerationStarted(g, c.generations, slots, len(jobs), self.done, c.budget))
@@ -545,7 +576,7 @@ class _Search:
             self.close_generation(g, ordered, note)
 
     def evaluate(self, jobs: list[Job], templates: dict[int, TrialRecord], records: dict[int, TrialRecord]) -> None:
-        """Run the jobs; each result is stored the moment it arrives."""
+        """Run the jobs (costliest first, so workers finish a generation together); store each result as it arrives."""
         callback_s = 0.0
 
         def on_result(result: JobResult) -> None:
@@ -638,6 +669,7 @@ def run_search(
 
     `executor` overrides the one the config describes (the caller then owns and closes it).
     """
+    start = time.perf_counter()
     out = Path(out)
     if config.method not in METHODS:
         raise SearchError(f"unknown method {config.method!r}; known: {', '.join(method_names())}")
@@ -649,7 +681,7 @@ def run_search(
         store = RunStore.open(out)
     else:
         store = RunStore.create(out, config.to_dict(), storage=config.storage, study_name=config.study_name)
-    search = _Search(config, out, store, backend, shape, progress, executor)
+    search = _Search(config, out, store, backend, shape, progress, executor, start)
     try:
         search.setup()
         return search.run()
@@ -679,6 +711,7 @@ __all__ = [
     "RunResult",
     "RunStarted",
     "SearchError",
+    "eval_settings",
     "event_to_dict",
     "hv_reference",
     "propose_slot",
