@@ -1,0 +1,358 @@
+"""The LLM-guided search methods: `uhnas` and the LLM-NAS baselines `llmatic` and `genius`.
+
+All three run in the same engine with the same budget, dedup, store and evaluation as every other method; they
+differ only in how candidates are proposed and who survives.
+
+- ``uhnas``: NSGA-II selection (binary tournament, crossover with probability ``evolution.crossover_prob``,
+  constrained NSGA-II survival) with the `LLMOperator`: the model initialises the population (one call per slot,
+  conventional top-up after ``llm.init_failures_before_fallback`` failed LLM init proposals), mutates a parent it
+  sees with clean/noisy accuracy, robustness drop, energy breakdown and violations, crosses two parents over, and
+  rewrites a bounded knowledge base of design heuristics at the end of every generation. The system prompt is
+  ``llm.system_prompt`` (hardware-aware default / generic / minimal: the paper's ablation).
+- ``llmatic`` (after Nasir et al., 2023, "LLMatic"): quality-diversity. A MAP-Elites archive over two descriptors
+  keeps the best candidate per cell (feasible before infeasible, then smaller violation, lower error, lower energy):
+
+    depth   number of matmul layers (conv2d + linear, classifier included), bins 1, 2, ..., 7, 8+  (8 bins)
+    size    half-decade bins of MACs per inference: floor(2 * log10(MACs)), clamped to 4..15, i.e.
+            < 10^2.5, [10^2.5, 10^3), ..., >= 10^7.5                                          (12 bins)
+
+  Every offspring takes a uniformly random elite and one fixed LLMatic mutation instruction (llmatic_mutate.j2,
+  index from the slot's generator) under the generic system prompt, without scores or hardware context; with
+  probability ``LLMATIC_CROSSOVER_PROB`` (0.1) it crosses two distinct random elites instead (crossover.j2 with the
+  parents' layers only). The initial population comes from the LLM init prompt under the generic system prompt.
+  The reported population is the archive's elites (up to ``population`` of them, in NSGA-II order).
+- ``genius`` (after Zheng et al., 2023, "Can GPT-4 perform neural architecture search?"): one chain of iterative
+  refinement (genius.j2). Every proposal shows the model its own earlier proposals, oldest first (the prompt shows
+  the last 20), with their error, energy and feasibility, and asks for a better one; proposals made earlier in the
+  same generation are shown as not yet scored. NSGA-II survival is only used for reporting.
+
+The client: ``llm.provider`` "openai" talks to any OpenAI-compatible server (``llm.base_url``; OpenAI, vLLM,
+Ollama's /v1, llama.cpp, LM Studio, ...) and logs every call into ``<run dir>/llm.db`` (response cache and call
+log). "replay:<run dir>" answers only from that run's llm.db, never from the network, and logs into this run's
+llm.db. The endpoint and model are checked when the method is built, before any evaluation.
+
+Faults: the operator turns an answer that stays invalid after its repair turns into a ProposalError (the engine
+asks again, then records the slot as failed). Every other LLM error — BudgetExceeded, LLMRetriesExhausted,
+CacheMiss, LLMUnavailable, a rejected request — stops the run: it propagates out of `run_search` with every
+completed trial stored, and resuming (e.g. with a larger ``llm.budget_tokens``) continues where it stopped,
+re-deriving the earlier proposals from the response cache.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from uhnas.arch import analyze
+from uhnas.config import LLMSection
+from uhnas.hardware.registry import load_backend
+from uhnas.llm.cache import ResponseCache
+from uhnas.llm.client import LLMClient, LLMConfig, PriceTable
+from uhnas.llm.errors import LLMError
+from uhnas.llm.prompting import PromptError, llmatic_instructions
+from uhnas.search.methods import NSGA2, MethodSetup, SearchMethod, nsga2_survival
+from uhnas.search.operators.base import OperatorContext, Proposal
+from uhnas.search.operators.llm import LLMOperator
+from uhnas.store import TrialRecord
+
+__all__ = [
+    "BACKOFF_BASE_S",
+    "BACKOFF_MAX_S",
+    "LLMATIC_CROSSOVER_PROB",
+    "LLMNotConfigured",
+    "LLMatic",
+    "Genius",
+    "UHNAS",
+    "descriptor",
+    "llm_config",
+    "make_genius",
+    "make_llmatic",
+    "make_uhnas",
+    "map_elites",
+    "open_client",
+]
+
+LLM_DB = "llm.db"
+REPLAY_PREFIX = "replay:"
+BACKOFF_BASE_S = 1.0  # full-jitter exponential backoff between retries of transient failures (no Retry-After)
+BACKOFF_MAX_S = 60.0
+LLMATIC_CROSSOVER_PROB = 0.1
+DEPTH_BINS = 8  # matmul layers 1..7, 8+
+MACS_HALF_DECADES = (4, 15)  # floor(2 log10 MACs) clamped to this range: < 10^2.5 ... >= 10^7.5
+
+
+class LLMNotConfigured(LLMError, ValueError):
+    """An LLM-guided method was asked for without an `llm:` section."""
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+def llm_config(section: LLMSection) -> LLMConfig:
+    """The client configuration of a run's `llm:` section (one-line LLMError for an unusable combination)."""
+    prices = (section.price_prompt_usd_per_mtok, section.price_completion_usd_per_mtok)
+    if (prices[0] is None) != (prices[1] is None):
+        raise LLMError("set both llm.price_prompt_usd_per_mtok and llm.price_completion_usd_per_mtok, or neither")
+    price = None if prices[0] is None else PriceTable(prompt_usd_per_mtok=prices[0], completion_usd_per_mtok=prices[1])
+    if section.budget_usd is not None and price is None:
+        raise LLMError("llm.budget_usd needs llm.price_prompt_usd_per_mtok and llm.price_completion_usd_per_mtok")
+    return LLMConfig(
+        model=section.model, base_url=section.base_url, api_key_env=section.api_key_env,
+        temperature=section.temperature, max_tokens=section.max_tokens, seed=section.seed,
+        timeout_s=section.timeout_s, max_retries=section.max_retries, backoff_base_s=BACKOFF_BASE_S,
+        backoff_max_s=BACKOFF_MAX_S, structured_output=section.structured_output, price=price,
+        budget_tokens=section.budget_tokens, budget_usd=section.budget_usd,
+    )  # fmt: skip
+
+
+def _replay_source(provider: str) -> Path:
+    """The llm.db a "replay:<run dir>" provider reads (a path to the file itself is accepted too)."""
+    target = Path(provider[len(REPLAY_PREFIX) :]).expanduser()
+    source = target / LLM_DB if target.is_dir() else target
+    if not source.is_file():
+        raise LLMError(f"llm.provider {provider}: no {LLM_DB} to replay at {source}")
+    return source
+
+
+def open_client(section: LLMSection, out: Path) -> LLMClient:
+    """A client logging into <out>/llm.db (replaying another run's log for "replay:<dir>"), checked at once."""
+    config = llm_config(section)
+    db = Path(out) / LLM_DB
+    if section.provider.startswith(REPLAY_PREFIX):
+        cache = ResponseCache(db, mode="replay", source=_replay_source(section.provider))
+    else:
+        shared = None
+        if section.shared_cache is not None:
+            shared = Path(section.shared_cache).expanduser()
+            if not shared.is_file():
+                raise LLMError(f"llm.shared_cache {shared} does not exist (point it at an earlier run's {LLM_DB})")
+        cache = ResponseCache(db, mode="readwrite", source=shared)
+    client = LLMClient(config, cache)
+    try:
+        client.check()  # unreachable endpoint, bad key or unknown model: one line, before any evaluation
+    except BaseException:
+        client.close()
+        cache.close()
+        raise
+    return client
+
+
+def _setup_client(setup: MethodSetup, method: str) -> LLMClient:
+    """The method's client, or the one-line how-to when the run has no language model configured."""
+    section = setup.config.llm
+    if section is None:
+        raise LLMNotConfigured(
+            f"method '{method}' needs a language model: pass --llm openai --model NAME [--base-url URL] "
+            "(e.g. Ollama: --base-url http://localhost:11434/v1) or add an llm: section to the config"
+        )
+    if setup.out is None:
+        raise LLMError(f"method '{method}' needs a run directory for its LLM response cache ({LLM_DB})")
+    return open_client(section, setup.out)
+
+
+def _operator(setup: MethodSetup, client: LLMClient, name: str) -> LLMOperator:
+    """The LLM operator for a run: the backend's check and energy, the run's prompt settings."""
+    config, section = setup.config, setup.config.llm
+    assert section is not None
+    backend = load_backend(config.backend, list(config.backend_overrides))
+    return LLMOperator(
+        client, check=backend.check, energy=backend.energy, epochs=config.training.epochs,
+        system_prompt=section.system_prompt, max_repairs=section.max_repairs, llm_seed=section.seed,
+        init_failures_before_fallback=section.init_failures_before_fallback, name=name,
+    )  # fmt: skip
+
+
+def _close(client: LLMClient) -> None:
+    """Close the HTTP connections and the call log (checkpointing its WAL)."""
+    client.close()
+    client.cache.close()
+
+
+# ----------------------------------------------------------------------------- shared method behaviour
+
+
+_FATAL = (LLMError, PromptError)  # ProposalFailed never gets here: the operator turns it into ProposalError
+
+
+class _LLMMethod:
+    """Stops the run on client errors, forwards refusals to the operator, closes the client when done."""
+
+    name = "llm"
+
+    def __init__(self, operator: LLMOperator) -> None:
+        self.operator = operator
+        self._fatal: BaseException | None = None
+        self._finalizer = weakref.finalize(self, _close, operator.client)
+
+    def propose(self, context: OperatorContext) -> Proposal:
+        try:
+            return self._propose(context)
+        except _FATAL as exc:
+            self._fatal = exc  # the engine catches every proposal error; `rejected` re-raises this one
+            raise
+
+    def _propose(self, context: OperatorContext) -> Proposal:
+        raise NotImplementedError
+
+    def rejected(self, context: OperatorContext, proposal: Proposal | None, reason: str) -> None:
+        """A client error (budget, retries, replay miss, ...) stops the run; other refusals are forgotten."""
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            self.close()
+            raise fatal
+        self.operator.rejected(context)
+
+    def observe(self, records: Sequence[TrialRecord]) -> None:
+        """Results are read from the context."""
+
+    def reflect(self, context: OperatorContext) -> dict[str, Any] | None:
+        """The operator's notes (uhnas) or None; the client is closed after the last generation."""
+        try:
+            note = self._reflect(context)
+        except BaseException:
+            self.close()
+            raise
+        usage = self.operator.client.usage.total
+        note = {**(note or {}), "llm_usage": {"calls": usage.calls, "failed": usage.failed,
+                                              "tokens": usage.total_tokens, "replayed_calls": usage.replayed_calls}}
+        if context.generation >= context.generations:
+            self.close()
+        return note
+
+    def _reflect(self, context: OperatorContext) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        """Release the client (idempotent)."""
+        self._finalizer()
+
+
+class UHNAS(_LLMMethod):
+    """NSGA-II selection with the LLM operator (see module docstring)."""
+
+    name = "uhnas"
+
+    def __init__(self, operator: LLMOperator, crossover_prob: float) -> None:
+        super().__init__(operator)
+        self.nsga2 = NSGA2(operator, crossover_prob)
+
+    def _propose(self, context: OperatorContext) -> Proposal:
+        return self.nsga2.propose(context)
+
+    def survive(self, candidates: Sequence[TrialRecord], size: int) -> list[TrialRecord]:
+        """NSGA-II survival."""
+        return nsga2_survival(candidates, size)
+
+    def _reflect(self, context: OperatorContext) -> dict[str, Any] | None:
+        return self.operator.reflect(context)
+
+
+def descriptor(record: TrialRecord, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, int]:
+    """LLMatic's MAP-Elites cell of an evaluated record: (depth bin, half-decade MACs bin); see module docstring."""
+    depth = len(analyze(record.architecture, input_shape, num_classes).matmuls)  # type: ignore[arg-type]
+    macs = max(1, int((record.evaluation or {}).get("macs") or 1))
+    lo, hi = MACS_HALF_DECADES
+    return min(max(depth, 1), DEPTH_BINS), min(max(math.floor(2 * math.log10(macs)), lo), hi)
+
+
+def _elite_key(record: TrialRecord) -> tuple[float, ...]:
+    """Smaller is better: feasible first (then smaller violation), lower error, lower energy, older."""
+    return (float(record.violation > 0), max(0.0, record.violation), float(record.error),  # type: ignore[arg-type]
+            float(record.energy_nj), float(record.number))  # type: ignore[arg-type]  # fmt: skip
+
+
+def map_elites(records: Sequence[TrialRecord], cell_of: Callable[[TrialRecord], tuple[int, int]]) -> dict[tuple[int, int], TrialRecord]:
+    """The archive: the best evaluated record per descriptor cell."""
+    archive: dict[tuple[int, int], TrialRecord] = {}
+    for record in records:
+        if record.failed or record.arch is None:
+            continue
+        cell = cell_of(record)
+        if cell not in archive or _elite_key(record) < _elite_key(archive[cell]):
+            archive[cell] = record
+    return archive
+
+
+class LLMatic(_LLMMethod):
+    """Quality-diversity with a fixed mutation prompt (see module docstring)."""
+
+    name = "llmatic"
+
+    def __init__(self, operator: LLMOperator, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__(operator)
+        self.input_shape, self.num_classes = input_shape, num_classes
+        self.instructions = len(llmatic_instructions())
+        self.seen: list[TrialRecord] = []
+        self._cells: dict[str, tuple[int, int]] = {}
+
+    def cell(self, record: TrialRecord) -> tuple[int, int]:
+        """Descriptor cell for the run's dataset (memoised by architecture hash)."""
+        key = record.hash or ""
+        if key not in self._cells:
+            self._cells[key] = descriptor(record, self.input_shape, self.num_classes)
+        return self._cells[key]
+
+    def elites(self, records: Sequence[TrialRecord]) -> list[TrialRecord]:
+        """The archive's elites in cell order."""
+        archive = map_elites(records, self.cell)
+        return [archive[c] for c in sorted(archive)]
+
+    def _propose(self, context: OperatorContext) -> Proposal:
+        elites = self.elites(context.history)
+        if context.generation == 0 or not elites:
+            return self.operator.initialize_generic(context)
+        rng = context.rng
+        if len(elites) > 1 and rng.random() < LLMATIC_CROSSOVER_PROB:
+            i, j = rng.choice(len(elites), size=2, replace=False).tolist()
+            return self.operator.crossover_generic(context, elites[i], elites[j])
+        parent = elites[int(rng.integers(len(elites)))]
+        return self.operator.llmatic_mutate(context, parent, int(rng.integers(self.instructions)))
+
+    def observe(self, records: Sequence[TrialRecord]) -> None:
+        """Keep every record: the archive is over the whole run."""
+        self.seen.extend(records)
+
+    def survive(self, candidates: Sequence[TrialRecord], size: int) -> list[TrialRecord]:
+        """The archive's elites (at most `size`, NSGA-II order)."""
+        return nsga2_survival(self.elites(self.seen), size)
+
+
+class Genius(_LLMMethod):
+    """One chain of iterative refinement (see module docstring)."""
+
+    name = "genius"
+
+    def _propose(self, context: OperatorContext) -> Proposal:
+        fallback = self.operator.fallback_if_due(context)  # the initial population's conventional top-up
+        if fallback is not None:
+            return fallback
+        return self.operator.genius_refine(context, context.history)
+
+    def survive(self, candidates: Sequence[TrialRecord], size: int) -> list[TrialRecord]:
+        """NSGA-II survival (reporting only)."""
+        return nsga2_survival(candidates, size)
+
+
+# ----------------------------------------------------------------------------- factories
+
+
+def make_uhnas(setup: MethodSetup) -> SearchMethod:
+    """The `uhnas` method of a run (see module docstring)."""
+    client = _setup_client(setup, "uhnas")
+    return UHNAS(_operator(setup, client, "llm"), setup.config.evolution.crossover_prob)
+
+
+def make_llmatic(setup: MethodSetup) -> SearchMethod:
+    """The `llmatic` baseline of a run."""
+    client = _setup_client(setup, "llmatic")
+    return LLMatic(_operator(setup, client, "llmatic"), setup.input_shape, setup.num_classes)
+
+
+def make_genius(setup: MethodSetup) -> SearchMethod:
+    """The `genius` baseline of a run."""
+    client = _setup_client(setup, "genius")
+    return Genius(_operator(setup, client, "genius"))
+

@@ -1,0 +1,353 @@
+"""The LLM-guided methods (uhnas, llmatic, genius) end to end: real client, loopback fake server, no training
+(synthetic executor) except one small real run. Faults, repairs, prompt injection, replay, budget and resume."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import typer
+
+from fake_llm_server import FakeLLMServer, closed_port_url, http_error
+from llm_responders import (
+    FAULTS,
+    HTML,
+    INJECTION,
+    ArchResponder,
+    FaultPlan,
+    SyntheticExecutor,
+    kind_of,
+    llm_run_config,
+    user_text,
+    when,
+)
+from uhnas.arch import parse_architecture
+from uhnas.config import RunConfig
+from uhnas.data import dataset_spec
+from uhnas.hardware.base import Violation
+from uhnas.hardware.registry import load_backend
+from uhnas.llm.cache import CallLog
+from uhnas.llm.errors import BudgetExceeded, CacheMiss, LLMError, LLMRetriesExhausted, LLMUnavailable
+from uhnas.llm.prompting import llmatic_instructions
+from uhnas.search import llm_methods
+from uhnas.search.engine import run_search
+from uhnas.search.llm_methods import LLMNotConfigured
+from uhnas.search.operators.base import OperatorContext
+from uhnas.search.operators.llm import DUPLICATE, FALLBACK_OPERATOR, ArchValidator
+from uhnas.seeding import numpy_rng
+from uhnas.store import TrialRecord, open_run
+
+STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries of dropped connections / 500s without Retry-After wait milliseconds, not seconds."""
+    monkeypatch.setattr(llm_methods, "BACKOFF_BASE_S", 0.005)
+    monkeypatch.setattr(llm_methods, "BACKOFF_MAX_S", 0.05)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(responder=ArchResponder()) as srv:
+        yield srv
+
+
+def run(config: RunConfig, out: Path, **kwargs: Any) -> list[TrialRecord]:
+    """Run (or resume) a search with the synthetic executor; return the stored records."""
+    run_search(config, out, executor=SyntheticExecutor(), **kwargs)
+    return open_run(out).records()
+
+
+def check_complete(out: Path, config: RunConfig) -> list[TrialRecord]:
+    """Budget met, one trial per (generation, slot), no architecture evaluated twice."""
+    records = open_run(out).records()
+    slots = sorted((r.generation, r.slot) for r in records)
+    expected = [(0, s) for s in range(config.population)]
+    expected += [(g, s) for g in range(1, config.generations + 1) for s in range(config.offspring)]
+    assert slots == expected
+    hashes = [r.hash for r in records if r.hash is not None]
+    assert len(hashes) == len(set(hashes))
+    return records
+
+
+def trials(out: Path) -> set[tuple[Any, ...]]:
+    """What must match between two runs of the same search."""
+    return {(r.hash, r.generation, r.slot, r.error, r.energy_nj, r.state, r.operator, r.parents)
+            for r in open_run(out).records()}  # fmt: skip
+
+
+def calls(out: Path) -> list[dict[str, Any]]:
+    """The run's LLM call log."""
+    log = CallLog(out / "llm.db")
+    try:
+        return log.calls()
+    finally:
+        log.close()
+
+
+def prompt_messages(srv: FakeLLMServer) -> list[dict[str, str]]:
+    """Every system and user message the server received."""
+    return [m for r in srv.chat_requests for m in r.body["messages"] if m["role"] in ("system", "user")]  # type: ignore[index]
+
+
+# ----------------------------------------------------------------------------- uhnas through faults
+
+
+def test_uhnas_completes_its_budget_through_faults_and_repairs_invalid_answers(tmp_path: Path) -> None:
+    plan = FaultPlan.every(ArchResponder(), period=2)
+    with FakeLLMServer(responder=plan) as srv:
+        config = llm_run_config(srv.base_url, "generations=3", "offspring=3", "llm.timeout_s=5")
+        records = run(config, tmp_path / "run")
+    check_complete(tmp_path / "run", config)
+    assert all(not r.failed for r in records)
+    assert set(plan.served) == set(FAULTS)  # every fault kind was served at least once
+    ops = Counter(r.operator for r in records)
+    assert ops["llm.init"] == config.population and ops["llm.mutate"] + ops["llm.crossover"] == 9
+    assert all(r.parents for r in records if r.generation > 0)
+
+    log = calls(tmp_path / "run")
+    verdicts = Counter(c["meta"].get("verdict") for c in log if c["purpose"] != "reflect")
+    assert {"malformed", "schema", "shape", "duplicate", "valid"} <= set(verdicts)
+    assert verdicts["valid"] == config.budget  # every slot ended with one valid answer
+    for c in log:  # each invalid answer is logged with its errors and followed by a repair turn of the same slot
+        if c["meta"].get("outcome") == "invalid" and c["purpose"] != "reflect":
+            assert c["meta"]["errors"] and c["meta"]["attempt"] < c["meta"]["max_attempts"]
+            nxt = [d for d in log if d["id"] > c["id"] and d["purpose"] == c["purpose"]][0]
+            assert nxt["meta"]["attempt"] == c["meta"]["attempt"] + 1
+            assert (nxt["meta"]["generation"], nxt["meta"]["slot"]) == (c["meta"]["generation"], c["meta"]["slot"])
+            repair = nxt["request"]["messages"][-1]["content"]
+            assert all(e in repair for e in c["meta"]["errors"])
+    assert any(c["attempts"] > 1 for c in log)  # 429 / 500 / dropped connections retried inside one call
+    repaired = [r for r in records if r.metadata["llm"]["repairs"] > 0]
+    assert repaired and all(len(r.metadata["llm"]["call_ids"]) == r.metadata["llm"]["attempts"] for r in records)
+    assert any(DUPLICATE in " ".join(c["meta"].get("errors", [])) for c in log)
+
+    # injected text reached later prompts only as quoted data; HTML never unescaped
+    messages = prompt_messages(srv)
+    assert any(INJECTION in m["content"] for m in messages)  # it did come back (quoted), so the check means something
+    for m in messages:
+        outside = STRING_LITERAL.sub('""', m["content"])
+        assert INJECTION.lower() not in outside.lower(), m["content"]
+        assert "ignore previous instructions" not in outside.lower()
+        assert "<script>" not in m["content"] and "<img" not in m["content"] and HTML not in m["content"]
+    assert any("\\u003cscript\\u003e" in m["content"] for m in messages)  # HTML came back escaped, inside quotes
+    notes = [e["notes"] for e in open_run(tmp_path / "run").generation_log()]
+    assert all(n and isinstance(n["knowledge"], list) for n in notes)
+    assert notes[0]["reflected"] and not notes[-1]["reflected"]  # the last generation's reflection is skipped
+    assert notes[-1]["llm_usage"]["calls"] == len(log)
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def test_replay_reproduces_every_trial_with_the_network_forbidden(tmp_path: Path) -> None:
+    plan = FaultPlan(ArchResponder(), {2: "malformed", 5: "duplicate", 7: "500", 9: "schema"})
+    with FakeLLMServer(responder=plan) as srv:
+        config = llm_run_config(srv.base_url, "generations=3", "offspring=3")
+        run(config, tmp_path / "original")
+    original = calls(tmp_path / "original")
+    assert any(c["meta"].get("outcome") == "invalid" for c in original)
+
+    replay = llm_run_config(closed_port_url(), "generations=3", "offspring=3",
+                            f"llm.provider=replay:{tmp_path / 'original'}")  # fmt: skip
+    run(replay, tmp_path / "replayed")
+    assert trials(tmp_path / "replayed") == trials(tmp_path / "original")
+    replayed = calls(tmp_path / "replayed")
+    assert len(replayed) == len(original) and {c["source"] for c in replayed} == {"replay"}
+    assert [c["key"] for c in replayed] == [c["key"] for c in original]
+
+    diverged = llm_run_config(closed_port_url(), "generations=3", "offspring=3", "seed=1",
+                              f"llm.provider=replay:{tmp_path / 'original'}")  # fmt: skip
+    with pytest.raises(CacheMiss, match="diverged"):
+        run(diverged, tmp_path / "diverged")
+    assert open_run(tmp_path / "diverged").records() == []
+
+
+# ----------------------------------------------------------------------------- budget, faults that stop the run
+
+
+def test_budget_stops_the_run_and_resume_with_a_larger_budget_completes_it(tmp_path: Path) -> None:
+    extra = ("generations=3", "offspring=3")
+    with FakeLLMServer(responder=ArchResponder()) as srv:
+        run(llm_run_config(srv.base_url, *extra), tmp_path / "straight")
+        spent = sum(c["prompt_tokens"] + c["completion_tokens"] for c in calls(tmp_path / "straight"))
+
+        small = llm_run_config(srv.base_url, *extra, f"llm.budget_tokens={spent // 2}")
+        with pytest.raises(BudgetExceeded, match="resume with a larger") as caught:
+            run(small, tmp_path / "run")
+        assert "\n" not in str(caught.value)
+        stored = open_run(tmp_path / "run").records()
+        assert small.population <= len(stored) < small.budget
+        first = calls(tmp_path / "run")
+
+        larger = llm_run_config(srv.base_url, *extra, f"llm.budget_tokens={spent * 10}")
+        run(larger, tmp_path / "run", resume=True)
+    check_complete(tmp_path / "run", larger)
+    assert trials(tmp_path / "run") == trials(tmp_path / "straight")  # nothing repeated, nothing lost
+    after = calls(tmp_path / "run")
+    live = [c for c in after if c["source"] == "live"]
+    assert len(live) == len(calls(tmp_path / "straight"))  # the interrupted calls were never paid twice
+    assert {c["source"] for c in after[len(first):][: len(first)]} == {"cache"}  # re-derived from the cache
+
+
+def test_persistent_server_errors_stop_the_run_with_completed_trials_stored(tmp_path: Path) -> None:
+    failing = when(lambda body: kind_of(user_text(body)) in ("mutate", "crossover"),
+                   lambda body: http_error(500, "overloaded", {"Retry-After": "0"}), ArchResponder())  # fmt: skip
+    with FakeLLMServer(responder=failing) as srv:
+        config = llm_run_config(srv.base_url, "llm.max_retries=1")
+        with pytest.raises(LLMRetriesExhausted, match=r"failed after 2 attempts; last error: HTTP 500") as caught:
+            run(config, tmp_path / "run")
+    assert len(open_run(tmp_path / "run").records()) == config.population
+    assert isinstance(caught.value, LLMError) and "\n" not in str(caught.value)
+
+    from uhnas.cli import cli_errors  # the CLI prints it as one line, exit code 2
+
+    with pytest.raises(typer.Exit) as exit_info, cli_errors():
+        raise caught.value
+    assert exit_info.value.exit_code == 2
+
+
+def test_without_llm_config_the_error_says_how_to_configure_one(tmp_path: Path) -> None:
+    from uhnas.config import load_config
+
+    for method in ("uhnas", "llmatic", "genius"):
+        config = load_config(None, ["backend=ideal", f"method={method}"])
+        with pytest.raises(LLMNotConfigured) as caught:
+            run_search(config, tmp_path / method, executor=SyntheticExecutor())
+        assert str(caught.value) == (
+            f"method '{method}' needs a language model: pass --llm openai --model NAME [--base-url URL] "
+            "(e.g. Ollama: --base-url http://localhost:11434/v1) or add an llm: section to the config"
+        )
+        assert isinstance(caught.value, ValueError) and isinstance(caught.value, LLMError)
+
+
+def test_unreachable_endpoint_or_unknown_model_fails_before_any_evaluation(tmp_path: Path, server: FakeLLMServer) -> None:
+    with pytest.raises(LLMUnavailable, match="cannot reach LLM endpoint"):
+        run(llm_run_config(closed_port_url()), tmp_path / "a")
+    with pytest.raises(LLMUnavailable, match="model 'other' not served"):
+        run(llm_run_config(server.base_url, "llm.model=other"), tmp_path / "b")
+    for name in ("a", "b"):
+        assert open_run(tmp_path / name).records() == []
+    assert server.chat_requests == []
+
+
+# ----------------------------------------------------------------------------- prompts, seeds, init fallback
+
+
+def test_system_prompt_variants_differ_and_seeds_are_per_call(tmp_path: Path) -> None:
+    received: dict[str, list[dict[str, Any]]] = {}
+    for variant in ("hardware-aware", "generic", "minimal"):
+        with FakeLLMServer(responder=ArchResponder()) as srv:
+            config = llm_run_config(srv.base_url, "population=3", "generations=0", f"llm.system_prompt={variant}")
+            run(config, tmp_path / variant)
+            received[variant] = [r.body for r in srv.chat_requests]  # type: ignore[misc]
+    constant = next(iter(load_backend("ideal").describe().constants))
+    systems = {v: [b["messages"][0]["content"] for b in bodies] for v, bodies in received.items()}
+    assert all(constant in s and "ideal" in s for s in systems["hardware-aware"])
+    assert not any(constant in s for v in ("generic", "minimal") for s in systems[v])
+    assert len(set(s[0] for s in systems.values())) == 3 and len(systems["minimal"][0]) < len(systems["generic"][0])
+    users = {v: [b["messages"][1]["content"] for b in bodies[:1]] for v, bodies in received.items()}
+    assert users["hardware-aware"] == users["generic"] == users["minimal"]  # only the system prompt differs
+    seeds = [b["seed"] for b in received["generic"]]
+    assert len(set(seeds)) == len(seeds) == 3 and all(0 <= s < 2**31 for s in seeds)
+    assert [b["seed"] for b in received["minimal"]] == seeds  # derived from (run seed, generation, slot, attempt)
+
+    with FakeLLMServer(responder=ArchResponder()) as srv:
+        run(llm_run_config(srv.base_url, "population=3", "generations=0", "llm.seed=7"), tmp_path / "fixed")
+        assert {r.body["seed"] for r in srv.chat_requests} == {7}  # type: ignore[index]
+
+
+def test_init_fallback_to_the_conventional_initializer_is_recorded(tmp_path: Path) -> None:
+    with FakeLLMServer(responder=lambda body: "I would rather not design networks today.") as srv:
+        config = llm_run_config(srv.base_url, "generations=0", "llm.max_repairs=0", "llm.init_failures_before_fallback=2")
+        records = {r.slot: r for r in run(config, tmp_path / "run")}
+        assert len(srv.chat_requests) == 2
+    assert all(r.operator == FALLBACK_OPERATOR and not r.failed for r in records.values())
+    assert records[0].attempt == 2 and len(records[0].rejected) == 2
+    assert all("llm.init: init: no valid answer after 1 attempts" in reason for reason in records[0].rejected)
+    fallback = records[3].metadata["llm_fallback"]
+    assert "2 LLM init proposals failed" in fallback["reason"] and len(fallback["failures"]) == 2
+    assert [c["meta"]["verdict"] for c in calls(tmp_path / "run")] == ["malformed", "malformed"]
+
+
+def test_validator_reports_schema_shape_constraint_and_duplicate_errors_exactly() -> None:
+    shape, classes = dataset_spec("digits")
+    known = {"x"}
+    context = OperatorContext(
+        generation=1, slot=0, attempt=0, rng=numpy_rng(0), seed=0, dataset="digits", input_shape=shape,
+        num_classes=classes, backend=load_backend("ideal").describe(), objective="mean", population=(), front=(),
+        recent=(), history=(), is_known=known.__contains__, generations=2, offspring=2, population_size=2,
+    )  # fmt: skip
+    limit = 2000
+    validator = ArchValidator(context, lambda s: [Violation("max_macs_demo", limit, s.macs, "MACs")] if s.macs > limit else [])
+    mlp = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 16}, {"type": "linear", "out_features": 10}]}
+    big = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 512}, {"type": "linear", "out_features": 10}]}
+    assert validator.judge(mlp) == ("valid", [])
+    verdict, errors = validator.judge(big)
+    assert verdict == "constraint" and errors[0].startswith("violates the hardware limit max_macs_demo: 37,888 MACs > limit 2,000 MACs")
+    known.add(__import__("uhnas.arch", fromlist=["arch_hash"]).arch_hash(parse_architecture(mlp)))
+    assert validator.judge(mlp) == ("duplicate", [DUPLICATE])
+    verdict, errors = validator.judge({"layers": [{"type": "linear", "out_features": 10}]})
+    assert verdict == "shape" and "insert a flatten layer" in errors[0] and "(input 1x8x8, 10 classes)" in errors[0]
+    verdict, errors = validator.judge({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 0}]})
+    assert verdict == "schema" and errors == ["layer 1 (linear): out_features: Input should be greater than or equal to 1"]
+    verdict, errors = validator.judge({"layers": [{"type": "<b>x</b>"}, {"type": "linear", "out_features": 10, "act": 1}],
+                                       "why": 1})  # fmt: skip
+    assert verdict == "schema"
+    assert errors[0] == 'unknown key "why" at the top level (allowed: name, rationale, layers)'
+    assert errors[1].startswith('layer 0: unknown layer type "\\u003cb\\u003ex\\u003c/b\\u003e"; expected one of linear')
+    assert errors[2] == 'layer 1 (linear): unknown field "act" (allowed: type, out_features, bias)'
+    over_long = {**mlp, "layers": big["layers"][:1] + mlp["layers"][1:], "rationale": "r" * 5000, "name": "n" * 200}
+    assert validator.judge(over_long)[0] == "duplicate"  # truncated name / rationale are not worth a repair
+
+
+# ----------------------------------------------------------------------------- the baselines
+
+
+def test_llmatic_completes_a_tiny_budget_with_its_fixed_prompts(tmp_path: Path, server: FakeLLMServer) -> None:
+    config = llm_run_config(server.base_url, "generations=4", "offspring=3", method="llmatic")
+    records = run(config, tmp_path / "run")
+    check_complete(tmp_path / "run", config)
+    assert {r.operator for r in records if r.generation == 0} == {"llmatic.init"}
+    assert {r.operator for r in records if r.generation > 0} <= {"llmatic.mutate", "llmatic.crossover"}
+    mutations = [r for r in records if r.operator == "llmatic.mutate"]
+    assert mutations and all(0 <= r.metadata["llm"]["instruction"] < len(llmatic_instructions()) for r in mutations)
+    bodies = [r.body for r in server.chat_requests]
+    systems = {b["messages"][0]["content"] for b in bodies}  # type: ignore[index]
+    constant = next(iter(load_backend("ideal").describe().constants))
+    assert len(systems) == 1 and constant not in systems.pop()  # generic system prompt, no hardware constants
+    llmatic_users = [b["messages"][1]["content"] for b in bodies if "Here is a neural network:" in b["messages"][1]["content"]]  # type: ignore[index]
+    assert llmatic_users and all(any(i in u for i in llmatic_instructions()) for u in llmatic_users)
+    assert not any("energy" in u.split("## Answer format")[0] for u in llmatic_users)  # no scores, no energy
+    population = open_run(tmp_path / "run").population()
+    cells = [llm_methods.descriptor(r, *dataset_spec("digits")) for r in population]
+    assert len(cells) == len(set(cells))  # the reported population is one elite per archive cell
+
+
+def test_genius_refines_one_chain_and_shows_the_model_its_own_history(tmp_path: Path, server: FakeLLMServer) -> None:
+    config = llm_run_config(server.base_url, "generations=3", "offspring=2", method="genius")
+    records = run(config, tmp_path / "run")
+    check_complete(tmp_path / "run", config)
+    assert {r.operator for r in records} == {"genius.refine"}
+    prompts = [r.body["messages"][1]["content"] for r in server.chat_requests if len(r.body["messages"]) == 2]  # type: ignore[index]
+    chain = [len(re.findall(r"^\d+\. ", p, re.MULTILINE)) for p in prompts if "## Your proposals so far" in p]
+    assert chain == list(range(config.budget))  # every proposal sees all earlier ones, oldest first
+    last = prompts[-1]
+    assert "error 0." in last and "energy" in last  # scores of evaluated proposals are shown
+
+
+# ----------------------------------------------------------------------------- one real run
+
+
+def test_uhnas_with_real_training(tmp_path: Path, server: FakeLLMServer) -> None:
+    config = llm_run_config(server.base_url, "population=2", "generations=1", "offspring=1")
+    result = run_search(config, tmp_path / "run")
+    records = check_complete(tmp_path / "run", config)
+    assert all(not r.failed and r.evaluation and r.evaluation["epochs"] == 1 for r in records)
+    assert result.hypervolume > 0 and np.isfinite(result.hypervolume)
