@@ -40,7 +40,7 @@ from uhnas.search.llm_methods import LLMNotConfigured
 from uhnas.search.operators.base import OperatorContext
 from uhnas.search.operators.llm import DUPLICATE, FALLBACK_OPERATOR, ArchValidator
 from uhnas.seeding import numpy_rng
-from uhnas.store import TrialRecord, open_run
+from uhnas.store import RunStore, TrialRecord, open_run
 
 STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')
 
@@ -233,7 +233,7 @@ def test_unreachable_endpoint_or_unknown_model_fails_before_any_evaluation(tmp_p
     with pytest.raises(LLMUnavailable, match="model 'other' not served"):
         run(llm_run_config(server.base_url, "llm.model=other"), tmp_path / "b")
     for name in ("a", "b"):
-        assert open_run(tmp_path / name).records() == []
+        assert not RunStore.exists(tmp_path / name)  # no run directory is left to resume or delete
     assert server.chat_requests == []
 
 

@@ -45,6 +45,8 @@ from uhnas.arch.model import Activation, Conv2d, Flatten, Linear, MaxPool
 from uhnas.config import RunConfig, config_differences, load_config
 from uhnas.hardware.base import Backend, BackendCard
 from uhnas.hardware.registry import load_backend
+from uhnas.llm.errors import LLMError
+from uhnas.llm.propose import ProposalFailed
 from uhnas.metrics import DEFAULT_ENERGY_MARGIN_DECADES, energy_range_decades, mean_pairwise_distance, reference_point, robustness_summary
 from uhnas.search.jobs import EvalSettings, Executor, Job, JobResult
 from uhnas.search.methods import METHODS, MethodSetup, SearchMethod, make_method, method_names
@@ -262,7 +264,14 @@ def propose_slot(
         context = base.with_attempt(slot, attempt, rng, rejected)
         try:
             proposal = method.propose(context)
-        except Exception as error:  # operators (LLM ones included) may fail in any way; the slot records why
+        except LLMError as error:
+            if not isinstance(error, ProposalFailed):
+                raise  # budget spent, retries exhausted, replay diverged: stop the run; stored trials stay
+            reason = _one_line(error)
+            method.rejected(context, None, reason)
+            rejected.append(reason)
+            continue
+        except Exception as error:  # operators may fail in any way; the slot records why
             reason = _one_line(error)
             method.rejected(context, None, reason)
             rejected.append(reason)
@@ -435,6 +444,8 @@ class _Search:
         self.known: dict[str, tuple[int, int]] = {}
         self.notes: list[dict[str, Any]] = []
         self.done = 0
+        self.method: SearchMethod | None = None
+        self.fresh_reference: dict[str, Any] | None = None  # computed before the store exists (new runs)
 
     # -- helpers
 
@@ -491,6 +502,9 @@ class _Search:
     def close(self) -> None:
         if self.own_executor and self.executor is not None:
             self.executor.close()
+        close_method = getattr(self.method, "close", None)  # optional: methods holding clients or files
+        if close_method is not None:
+            close_method()
 
     # -- setup
 
@@ -503,7 +517,7 @@ class _Search:
             _check_resumable(self.out, meta["config"], c.to_dict())
             self.reference = tuple(meta["hv_reference"]["point"])
         else:
-            ref = hv_reference(self.backend, self.input_shape, self.num_classes)
+            ref = self.fresh_reference or hv_reference(self.backend, self.input_shape, self.num_classes)
             self.reference = tuple(ref["point"])
             self.store.set("backend_card", self.card.to_dict())
             self.store.set("version", uhnas.__version__)
@@ -517,7 +531,8 @@ class _Search:
         self.store.set("budget", c.budget)
         self.store.set("finished", False)
         self.settings = eval_settings(c)
-        self.method = make_method(c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference, self.out))  # type: ignore[arg-type]
+        if self.method is None:
+            self.method = make_method(c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference, self.out))  # type: ignore[arg-type]
         self.stored = {(r.generation, r.slot): r for r in self.store.records()}
         self.log = {int(e["generation"]): e for e in self.store.generation_log()}
         self.prior_elapsed = float(meta.get("elapsed_s", 0.0))
@@ -678,10 +693,18 @@ def run_search(
     if RunStore.exists(out):
         if not resume:
             raise SearchError(f"{out} already holds a run; resume it or choose another directory")
-        store = RunStore.open(out)
+        search = _Search(config, out, RunStore.open(out), backend, shape, progress, executor, start)
     else:
-        store = RunStore.create(out, config.to_dict(), storage=config.storage, study_name=config.study_name)
-    search = _Search(config, out, store, backend, shape, progress, executor, start)
+        # the method first: a misconfigured or unreachable LLM fails here, before a run directory is made
+        reference = hv_reference(backend, *shape)
+        method = make_method(config.method, MethodSetup(config, shape[0], shape[1], tuple(reference["point"]), out))  # type: ignore[arg-type]
+        try:
+            store = RunStore.create(out, config.to_dict(), storage=config.storage, study_name=config.study_name)
+        except BaseException:
+            getattr(method, "close", lambda: None)()
+            raise
+        search = _Search(config, out, store, backend, shape, progress, executor, start)
+        search.method, search.fresh_reference = method, reference
     try:
         search.setup()
         return search.run()
