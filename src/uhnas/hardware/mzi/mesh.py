@@ -74,6 +74,7 @@ __all__ = [
 
 TWO_PI = 2.0 * math.pi
 NOMINAL_SPLIT = 0.5  # power cross-coupling ratio of an ideal 50:50 directional coupler
+CPU_DRAW_CHUNK = 16  # draws per batched product chunk on a CPU (cache-sized; measured by bench/mesh.py sweeps)
 
 
 # --------------------------------------------------------------------------------------------------- layout
@@ -655,9 +656,9 @@ def _build_tiles(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
     first = x[:, :, :w]  # (s, s, w, batch): block-diagonal first layer (conjugated)
     rdtype = rb.dtype
     out = x.new_empty((batch, ring, ring))
-    # on a CPU, apply the layers chunk of draws by chunk so that the accumulated matrices stay in cache (~0.5 MB
-    # = 1 << 19 bytes per buffer; measured best between 16 and 32 draws at n = 64); elsewhere all at once
-    chunk = max(1, (1 << 19) // (2 * ring * ring * rdtype.itemsize)) if x.device.type == "cpu" else batch
+    # on a CPU, apply the layers chunk of draws by chunk so that the accumulated matrices stay in cache; 16 draws
+    # per chunk measured fastest at n = 64 and n = 128 (vs 4, 8, 64); elsewhere all draws at once
+    chunk = CPU_DRAW_CHUNK if x.device.type == "cpu" else batch
     full = [x.new_empty((min(chunk, batch) * ring + s, 2, ring), dtype=rdtype) for _ in range(2)]
     for c0 in range(0, batch, chunk):
         d = min(chunk, batch - c0)
