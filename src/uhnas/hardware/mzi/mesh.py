@@ -338,8 +338,9 @@ def sample_chip(
 ) -> ChipErrors:
     """Sample fabrication errors (coupler ratios, per-MZI loss) for one chip, or ``draws`` independent chips.
 
-    Values are float32 tensors: model inputs whose spread (~1e-2) dwarfs float32 rounding; a ChipErrors built by
-    hand may use any real dtype.
+    Sampled values are float32 (their spread, ~1e-2, dwarfs float32 rounding); error-free values are exact float64
+    nominals, so a mesh without spread stays exact in double precision. A ChipErrors built by hand may use any
+    real dtype.
     """
     noise = noise or MeshNoise()
     lay = mesh_layout(n)
@@ -349,12 +350,12 @@ def sample_chip(
         z = _normal((chips, k_total, 2), generator, torch.float32)
         ratio = z.mul_(noise.coupler_error_std).add_(NOMINAL_SPLIT).clamp_(0.0, 1.0)
     else:
-        ratio = torch.full((chips, k_total, 2), NOMINAL_SPLIT, dtype=torch.float32)
+        ratio = torch.full((chips, k_total, 2), NOMINAL_SPLIT, dtype=torch.float64)
     if noise.loss_db_std > 0:
         z = _normal((chips, k_total + n_dummy), generator, torch.float32)
         loss = z.mul_(noise.loss_db_std).add_(noise.loss_db_per_mzi).clamp_min_(0.0)
     else:
-        loss = torch.full((chips, k_total + n_dummy), float(noise.loss_db_per_mzi), dtype=torch.float32)
+        loss = torch.full((chips, k_total + n_dummy), float(noise.loss_db_per_mzi), dtype=torch.float64)
     return ChipErrors(n=n, coupler_ratio=ratio, mzi_loss_db=loss[:, :k_total], dummy_loss_db=loss[:, k_total:])
 
 
