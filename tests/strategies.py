@@ -11,7 +11,7 @@ from uhnas.arch import ACTIVATIONS
 def architectures(draw: st.DrawFn, input_shape: tuple[int, int, int] = (1, 8, 8), num_classes: int = 10) -> dict:
     """An architecture dict that analyze() accepts: conv/pool blocks, flatten, dense layers, classifier."""
     layers: list[dict] = []
-    channels, height, width = input_shape
+    _, height, width = input_shape
     for _ in range(draw(st.integers(0, 2))):
         kernel = draw(st.integers(1, min(5, height)))
         padding = draw(st.integers(0, min(2, kernel)))
@@ -20,7 +20,6 @@ def architectures(draw: st.DrawFn, input_shape: tuple[int, int, int] = (1, 8, 8)
         layers.append({"type": "conv2d", "out_channels": out_channels, "kernel": kernel, "stride": stride, "padding": padding, "bias": draw(st.booleans())})
         height = (height + 2 * padding - kernel) // stride + 1
         width = (width + 2 * padding - kernel) // stride + 1
-        channels = out_channels
         if draw(st.booleans()):
             layers.append({"type": "batchnorm"})
         layers.append({"type": "activation", "function": draw(st.sampled_from(ACTIVATIONS))})

@@ -21,7 +21,7 @@ from uhnas.evaluate import Evaluation, NoisyAccuracy
 from uhnas.hardware.base import total_violation
 from uhnas.hardware.registry import load_backend
 from uhnas.search.engine import JOB_ID_STRIDE, SearchError, event_to_dict, hv_reference, run_search
-from uhnas.search.jobs import Job, JobResult, ResultCallback
+from uhnas.search.jobs import InlineExecutor, Job, JobResult, ResultCallback
 from uhnas.search.methods import METHODS, MethodSetup, method_names, register_method
 from uhnas.search.operators.base import OperatorContext, Proposal
 from uhnas.search.operators.random import RandomOperator
@@ -74,24 +74,9 @@ def misbehaving_job(job: Job) -> JobResult:
     return synthetic_job(job)
 
 
-class SyntheticExecutor:
-    """Serial executor running `synthetic_job` (same contract as InlineExecutor)."""
-
-    def __init__(self) -> None:
-        self.jobs = 0
-
-    def run(self, jobs: Sequence[Job], on_result: ResultCallback | None = None) -> list[JobResult]:
-        results = []
-        for job in jobs:
-            self.jobs += 1
-            result = synthetic_job(job)
-            if on_result is not None:
-                on_result(result)
-            results.append(result)
-        return results
-
-    def close(self) -> None:
-        """Nothing to release."""
+def SyntheticExecutor() -> InlineExecutor:  # noqa: N802 - reads like the class it stands for
+    """A serial executor running `synthetic_job` instead of training."""
+    return InlineExecutor(job_fn=synthetic_job)
 
 
 def trial_set(out: Path) -> set[tuple[Any, ...]]:
@@ -284,11 +269,11 @@ class Killed(Exception):
     """Stands in for SIGKILL in-process: the executor dies after some results were stored."""
 
 
-class DyingExecutor(SyntheticExecutor):
+class DyingExecutor(InlineExecutor):
     """Runs `synthetic_job` until `after` jobs are done, then raises mid-generation."""
 
     def __init__(self, after: int) -> None:
-        super().__init__()
+        super().__init__(job_fn=synthetic_job)
         self.after = after
 
     def run(self, jobs: Sequence[Job], on_result: ResultCallback | None = None) -> list[JobResult]:

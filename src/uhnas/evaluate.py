@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from uhnas.arch import Architecture, ArchitectureError, Network, analyze, arch_hash, build, forward_draws
+from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, build, forward_draws
 from uhnas.data import Dataset, load_dataset, resolve_device
 from uhnas.hardware.base import Backend, RealizedModel, total_violation
 from uhnas.hardware.registry import load_backend

@@ -103,13 +103,21 @@ def run_job(job: Job) -> JobResult:
 
 
 class InlineExecutor:
-    """Serial, in-process executor: no isolation or timeout; for debugging and tests."""
+    """Serial, in-process executor: no isolation or timeout; for debugging and tests.
+
+    `job_fn` replaces `run_job` (tests use synthetic evaluations); `jobs` counts the jobs run.
+    """
+
+    def __init__(self, job_fn: Callable[[Job], JobResult] | None = None) -> None:
+        self.job_fn = job_fn or run_job
+        self.jobs = 0
 
     def run(self, jobs: Sequence[Job], on_result: ResultCallback | None = None) -> list[JobResult]:
         """Evaluate jobs one after another."""
         results = []
         for job in jobs:
-            result = run_job(job)
+            self.jobs += 1
+            result = self.job_fn(job)
             if on_result is not None:
                 on_result(result)
             results.append(result)
