@@ -16,5 +16,9 @@ fi
 stamp=.venv/.uhnas-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e ".[test,ray]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import uhnas, torch, optuna" && touch "$stamp"
+  if ! .venv/bin/python -c "import uhnas, torch, optuna"; then
+    echo "setup failed: uhnas and its dependencies did not install into .venv (see pip's messages above)" >&2
+    exit 1
+  fi
+  touch "$stamp"
 fi
