@@ -191,7 +191,7 @@ class _LLMMethod:
         try:
             return self._propose(context)
         except _FATAL as exc:
-            self._fatal = exc  # the engine catches every proposal error; `rejected` re-raises this one
+            self._fatal = exc  # the engine re-raises LLM stop errors itself; this also stops on template bugs (PromptError)
             raise
 
     def _propose(self, context: OperatorContext) -> Proposal:
