@@ -4,9 +4,12 @@ Prints ms per noisy n x n matrix (64 draws, every non-ideality on at "typical" m
 /work/shared/reference/hardware.md) for uhnas's mesh_matrix against, measured in the same run:
   (a) a plain reference written here: one MZI at a time, a 2x2 update per MZI batched over draws;
   (b) the practical floor: one batched complex matmul of the same shape (draws x n x n @ n x n).
-Also the time of clements_decompose for n = 64.  Medians of several repeats.
+Also the time of clements_decompose for n = 64.  Then many meshes of one size at once, as the MZI backend maps a
+layer (M meshes x 32 draws): a loop of per-mesh mesh_matrix calls against one mesh_matrices call on a MeshStack,
+and a loop of clements_decompose against one clements_decompose_many.  Medians of several repeats, in process CPU
+time on a CPU (robust to other processes on a shared machine; wall time on CUDA).
 
-    python bench/mesh.py [--device cuda] [--draws 64] [--sizes 16 32 64 128]
+    python bench/mesh.py [--device cuda] [--draws 64] [--sizes 8 16 32 64 128]
 """
 
 from __future__ import annotations
@@ -21,7 +24,17 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from uhnas.hardware.mzi.mesh import ChipErrors, MeshNoise, MeshPhases, clements_decompose, mesh_matrix, sample_chip
+from uhnas.hardware.mzi.mesh import (
+    ChipErrors,
+    MeshNoise,
+    MeshPhases,
+    MeshStack,
+    clements_decompose,
+    clements_decompose_many,
+    mesh_matrices,
+    mesh_matrix,
+    sample_chip,
+)
 
 # hardware.md "Non-idealities", typical column: sigma_phi 0.02 rad (ADEPT), 8-bit phases (L2ight), crosstalk 0.005
 # (L2ight), 0.2 dB/MZI (0.1-0.3 dB range) with 0.05 dB spread, coupler ratio sigma 0.01 (ADEPT / Fang et al.)
@@ -115,17 +128,52 @@ def _dummy_positions(n: int) -> tuple[list[int], list[int]]:
     return cols, modes
 
 
+CLOCK: Callable[[], float] = time.process_time  # wall time (perf_counter) on CUDA, set in main()
+
+
 def median_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    """Median wall time of ``fn`` in ms after one warm-up call."""
+    """Median time of ``fn`` in ms after one warm-up call (process CPU time on a CPU, wall time on CUDA)."""
     fn()
     sync()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return 1e3 * statistics.median(times)
+
+
+def many_meshes(device: torch.device, sync: Callable[[], None], repeats: int) -> None:
+    """Per-mesh loop vs one batched call for a layer's worth of meshes (M meshes of size n, 32 draws)."""
+    draws = 32
+    print(f"many meshes of one size, {draws} draws each (a backend layer: 2 meshes per K x K block)")
+    print(f"{'n':>4} {'M':>5} {'loop ms':>9} {'batched ms':>11} {'speedup':>8} {'max|batched-loop|':>18} "
+          f"{'decompose loop ms':>18} {'decompose many ms':>18} {'speedup':>8}")
+    for n, meshes in ((8, 160), (8, 36), (16, 40), (32, 10)):
+        us = np.stack([haar(n, seed=1000 * n + i) for i in range(meshes)])
+        phases = [clements_decompose(u) for u in us]
+        stack = MeshStack.of(phases)
+        gen = torch.Generator().manual_seed(0)
+        loop = median_ms(lambda: [mesh_matrix(p, draws=draws, noise=TYPICAL, generator=gen, device=device)
+                                  for p in phases], max(1, repeats // 3), sync)
+        batched = median_ms(lambda: mesh_matrices(stack, draws=draws, noise=TYPICAL, generator=gen, device=device),
+                            repeats, sync)
+        # the same stream (mesh_matrices: all chips first, then each mesh's phase errors as mesh_matrix draws them)
+        ours = mesh_matrices(stack, draws=draws, noise=TYPICAL, generator=torch.Generator().manual_seed(5),
+                             device=device)
+        g = torch.Generator().manual_seed(5)
+        chips = sample_chip(n, TYPICAL, g, draws=meshes * draws)
+        err = 0.0
+        for m, p in enumerate(phases):
+            own = slice(m * draws, (m + 1) * draws)
+            chip = ChipErrors(n, chips.coupler_ratio[own], chips.mzi_loss_db[own], chips.dummy_loss_db[own])
+            one = mesh_matrix(p, draws=draws, noise=TYPICAL, chip=chip, generator=g, device=device)
+            err = max(err, float((ours[m] - one).abs().max()))
+        dec_loop = median_ms(lambda: [clements_decompose(u) for u in us], max(1, repeats // 3), lambda: None)
+        dec_many = median_ms(lambda: clements_decompose_many(us), repeats, lambda: None)
+        print(f"{n:>4} {meshes:>5} {loop:>9.2f} {batched:>11.2f} {loop / batched:>7.1f}x {err:>18.1e} "
+              f"{dec_loop:>18.2f} {dec_many:>18.2f} {dec_loop / dec_many:>7.1f}x")
 
 
 def main() -> None:
@@ -133,12 +181,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--draws", type=int, default=64)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    global CLOCK
+    CLOCK = time.perf_counter if device.type == "cuda" else time.process_time
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"uhnas mesh benchmark: torch {torch.__version__}, {torch.get_num_threads()} thread, device {device}, "
           f"{args.draws} draws, noise {TYPICAL}")
@@ -175,6 +225,9 @@ def main() -> None:
     u = haar(64, seed=64)
     dec = median_ms(lambda: clements_decompose(u), 5, lambda: None)
     print(f"clements_decompose n=64: {dec:.1f} ms (median of 5)")
+    many_meshes(device, sync, args.repeats)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"1-minute load average after: {load:.2f}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ import torch
 
 from uhnas.arch import Network, analyze, build, forward_draws, parse_architecture
 from uhnas.data import load_dataset
-from uhnas.hardware.mzi import MZIBackend, MeshNoise
-from uhnas.hardware.mzi import energy
+from uhnas.hardware.mzi import MeshNoise, MZIBackend, energy
 from uhnas.hardware.mzi.noise import (
     BOLTZMANN_J_PER_K,
     ELEMENTARY_CHARGE_C,
@@ -170,6 +169,52 @@ def test_draws_are_vectorised_reproducible_and_seeded() -> None:
     assert not torch.allclose(first, other)
     flat = first.reshape(6, -1)
     assert all(not torch.allclose(flat[i], flat[j]) for i in range(6) for j in range(i + 1, 6))
+
+
+def _fused_and_plain(backend: MZIBackend, rows: torch.Tensor, sigma: float) -> tuple[torch.Tensor, ...]:
+    """One layer's fixed blocks through the fused Monte-Carlo forward and the straight-through training forward."""
+    from uhnas.hardware.mzi.backend import (
+        _Inference,
+        _inference_forward,
+        _layout,
+        _tiled_forward,
+    )
+
+    layer = _net(MLP).matmuls()[0]
+    mapped = backend._mapped(layer)
+    blocks = backend._noisy_blocks(mapped, rows.shape[0], _gen(0))
+    fused = _inference_forward(rows, _Inference.build(blocks, mapped, backend.params, sigma), _gen(2))
+    with torch.no_grad():
+        plain = _tiled_forward(rows, _layout(blocks.contiguous()), mapped, backend.params, sigma, _gen(3), train=True)
+    k = backend.params.mesh_size
+    tiles = torch.nn.functional.pad(rows, (0, mapped.col_tiles * k - rows.shape[-1])).unflatten(-1, (-1, k))
+    gain = mapped.sigma_max.T.repeat_interleave(k, dim=-1)[:, : mapped.rows].float()  # (C, out)
+    return fused, plain, tiles.abs().amax(-1), gain  # input scale s per (draw, vector, column tile)
+
+
+def test_fused_monte_carlo_forward_computes_the_training_forward() -> None:
+    # realize() scores through a fused forward (DAC codes times blocks pre-divided by L_in x ADC step, noise and
+    # rounding in ADC steps); noise-aware training through the straight-through one. Same model: without detector
+    # noise they agree to float rounding (a rounding flip could move one ADC step of one tile), ...
+    rows = torch.relu(torch.randn(4, 300, 64, generator=_gen(1)))
+    backend = _mzi("mzi-realistic", {"detector_noise": False})
+    fused, plain, scale, gain = _fused_and_plain(backend, rows, 0.0)
+    full_scale = backend._mapped(_net(MLP).matmuls()[0]).full_scale
+    step = (full_scale / full_scale.new_tensor(127.0)).T.repeat_interleave(8, dim=-1)[:, :37].float()  # FS/L per gain
+    one_step = torch.einsum("dnc,co->dno", scale, step * gain)
+    diff = (fused - plain).abs()
+    assert bool((diff <= one_step + 1e-5).all())
+    assert float((diff > 1e-5).float().mean()) < 1e-3
+    # ... and with detector noise (no converters, so only the noise differs) both add N(0, sigma) per tile output,
+    # scaled by s g: per output sigma sqrt(sum_c (s_c g_c)^2)
+    backend = _mzi("mzi-realistic", {"adc_bits": None, "dac_bits": None, "pd_sensitivity_dbm": -45.0})
+    sigma = backend.detector_sigma
+    expected = sigma * torch.einsum("dnc,co->dno", scale**2, gain**2).sqrt()
+    clean, _, _, _ = _fused_and_plain(backend, rows, 0.0)
+    fused, plain, _, _ = _fused_and_plain(backend, rows, sigma)
+    for noisy in (fused, plain):
+        ratio = float(((noisy - clean) / expected).std())  # 4 x 300 x 37 samples: ~1 % Monte-Carlo error
+        assert abs(ratio - 1.0) < 0.05, ratio
 
 
 def test_chip_errors_alone_give_one_fixed_chip_per_draw() -> None:

@@ -13,13 +13,19 @@ from uhnas.hardware.mzi.mesh import (
     ChipErrors,
     MeshNoise,
     MeshPhases,
+    MeshStack,
     clements_decompose,
+    clements_decompose_many,
     mesh_layout,
+    mesh_matrices,
     mesh_matrix,
     sample_chip,
 )
 
 C128 = torch.complex128
+# every non-ideality on, at magnitudes large enough that a wrong sample order or builder shows
+FULL_NOISE = MeshNoise(phase_std=0.05, phase_bits=6, crosstalk=0.01, loss_db_per_mzi=0.3, loss_db_std=0.1,
+                       coupler_error_std=0.03)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,6 +81,22 @@ def test_decompose_accepts_torch_and_scipy_haar() -> None:
     u = unitary_group.rvs(12, random_state=3)
     phases = clements_decompose(torch.from_numpy(u))
     assert (mesh_matrix(phases, dtype=C128) - torch.from_numpy(u)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 13])
+def test_decompose_many_equals_one_by_one(n: int) -> None:
+    us = np.stack([haar(n, seed=100 * n + s) for s in range(5)])
+    stack = clements_decompose_many(torch.from_numpy(us))
+    assert isinstance(stack, MeshStack) and len(stack) == 5
+    for i, u in enumerate(us):
+        one = clements_decompose(u)
+        for a, b in ((stack.theta[i], one.theta), (stack.phi[i], one.phi), (stack.output_phase[i], one.output_phase)):
+            assert torch.allclose(a, b, rtol=0, atol=1e-12)  # (n = 1: no MZIs)
+    assert (mesh_matrices(stack, dtype=C128) - torch.from_numpy(us)).abs().max() < 1e-10
+    with pytest.raises(ValueError):
+        clements_decompose_many(np.ones((2, 3, 3)))
+    with pytest.raises(ValueError):
+        clements_decompose_many(us[0])
 
 
 def test_decompose_rejects_non_unitary_and_non_square() -> None:
@@ -137,6 +159,70 @@ def test_tiled_builder_matches_column_reference(n: int) -> None:
     assert (mesh_matrix(p, draws=3, noise=noise, generator=gen(1), dtype=C128) - ref[:, :n, :n]).abs().max() < 1e-12
     single = mesh_matrix(p, draws=3, noise=noise, generator=gen(1))  # complex64 default, same samples
     assert single.dtype == torch.complex64 and (single.to(C128) - ref[:, :n, :n]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 11])
+def test_column_builder_matches_column_reference(n: int) -> None:
+    """The batch-innermost column builder (meshes with n < 12) equals the plain gather-based column product."""
+    p = random_phases(n, seed=n)
+    table, screen, plan = mz._prepare(p, 3, True, FULL_NOISE, None, gen(1), C128, torch.device("cpu"))
+    assert plan.tile is None
+    before = table.clone()
+    fast = mz._build_columns(table, plan, screen).permute(2, 0, 1)
+    assert torch.equal(table, before)  # the output screen is folded into a copy of the last column's gates
+    assert (fast - mz._build_reference(table, plan, screen)).abs().max() < 1e-13
+
+
+# ------------------------------------------------------------------------------------------- many meshes at once
+@pytest.mark.parametrize("n", [5, 8, 13])  # column builder (odd and even n) and tiled builder
+def test_batched_meshes_equal_per_mesh_calls_on_the_same_stream(n: int) -> None:
+    """mesh_matrices draws every chip first (one sample_chip call for meshes x draws chips, mesh-major), then each
+    mesh's phase errors in mesh order exactly as mesh_matrix draws them: so per-mesh mesh_matrix calls on a
+    generator that drew the chips first, each given its own chips, realise the same matrices."""
+    meshes, draws = 4, 3
+    phases = [random_phases(n, seed=10 * n + i) for i in range(meshes)]
+    batched = mesh_matrices(phases, draws=draws, noise=FULL_NOISE, generator=gen(7), dtype=C128)
+    assert batched.shape == (meshes, draws, n, n)
+    g = gen(7)
+    chips = sample_chip(n, FULL_NOISE, g, draws=meshes * draws)
+    for m, p in enumerate(phases):
+        own = slice(m * draws, (m + 1) * draws)
+        chip = ChipErrors(n, chips.coupler_ratio[own], chips.mzi_loss_db[own], chips.dummy_loss_db[own])
+        single = mesh_matrix(p, draws=draws, noise=FULL_NOISE, chip=chip, generator=g, dtype=C128)
+        assert (batched[m] - single).abs().max() < 1e-12
+    assert float((batched[0, 0] - batched[0, 1]).abs().max()) > 1e-3  # draws differ ...
+    assert float((batched[0, 0] - batched[1, 0]).abs().max()) > 1e-3  # ... and meshes
+    # a reused stack (cached programmed phases) and complex64 give the same samples
+    stack = MeshStack.of(phases)
+    first = mesh_matrices(stack, draws=draws, noise=FULL_NOISE, generator=gen(7))
+    again = mesh_matrices(stack, draws=draws, noise=FULL_NOISE, generator=gen(7))
+    assert first.dtype == torch.complex64 and torch.equal(first, again)
+    assert (first.to(C128) - batched).abs().max() < 1e-5
+
+
+def test_batched_meshes_share_chips_as_asked_and_validate() -> None:
+    n, meshes = 8, 3
+    phases = [random_phases(n, seed=20 + i) for i in range(meshes)]
+    ideal = mesh_matrices(phases, dtype=C128)
+    assert ideal.shape == (meshes, n, n)
+    for m, p in enumerate(phases):
+        assert (ideal[m] - mesh_matrix(p, dtype=C128)).abs().max() < 1e-13
+    noise = MeshNoise(loss_db_per_mzi=0.2, loss_db_std=0.05, coupler_error_std=0.02)
+    per_mesh = sample_chip(n, noise, gen(1), draws=meshes)  # one chip per mesh, shared by its draws
+    shared = mesh_matrices(phases, draws=4, noise=noise, chip=per_mesh, dtype=C128)
+    assert shared.shape == (meshes, 4, n, n) and (shared - shared[:, :1]).abs().max() < 1e-14
+    for m, p in enumerate(phases):
+        one = ChipErrors(n, per_mesh.coupler_ratio[m : m + 1], per_mesh.mzi_loss_db[m : m + 1],
+                         per_mesh.dummy_loss_db[m : m + 1])
+        assert (shared[m, 0] - mesh_matrix(p, noise=noise, chip=one, dtype=C128)).abs().max() < 1e-13
+    fresh = mesh_matrices(phases, draws=4, noise=noise, generator=gen(2), dtype=C128)  # one chip per mesh and draw
+    assert float((fresh[:, 0] - fresh[:, 1]).abs().max()) > 1e-3
+    with pytest.raises(ValueError):
+        mesh_matrices(phases, draws=4, chip=sample_chip(n, noise, gen(1), draws=5))
+    with pytest.raises(ValueError):
+        MeshStack.of([random_phases(8, 0), random_phases(9, 0)])
+    with pytest.raises(ValueError):
+        mesh_matrices([])
 
 
 # ------------------------------------------------------------------------------------------- noise model

@@ -12,6 +12,12 @@ noise per draw, crosstalk and phase quantisation systematic) the block the devic
 not); with every non-ideality off B_d = B exactly. Inputs go through per-vector scaled DACs, every block's
 partial sums through detector noise and an ADC (see `noise`), then are rescaled and accumulated digitally with
 the bias. Energy, resources and constraints: `energy`.
+
+Simulation: a layer's 2T meshes are decomposed (`clements_decompose_many`) and realised (`mesh_matrices`) in one
+batched call each; the mapping is cached per weight tensor. Monte-Carlo scoring uses a fused forward
+(`_Inference`, `_inference_forward`): DAC codes times blocks pre-divided by the ADC step, detector noise and ADC
+rounding in ADC steps, chunked so that every pass stays in cache; noise-aware training uses the differentiable
+`_tiled_forward` (the same model; the tests check that both agree).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from torch import Tensor
 from uhnas.arch import ArchSummary, MatMul, Network, Program
 from uhnas.hardware.base import BackendCard, EnergyReport, RealizedModel, Violation
 from uhnas.hardware.mzi import energy
-from uhnas.hardware.mzi.mesh import MeshNoise, MeshPhases, clements_decompose, mesh_matrix
+from uhnas.hardware.mzi.mesh import MeshNoise, MeshStack, clements_decompose_many, mesh_matrices
 from uhnas.hardware.mzi.noise import adc, attenuator_field, dac, detect, detector_relative_noise, sample_attenuators
 from uhnas.hardware.registry import BackendFamily, Preset, validate_params
 
@@ -91,6 +97,13 @@ TRAINING_POOL_VALUES = 1 << 24
 ROWS_PER_CHUNK_ELEMENTS = 1 << 23
 """Simulation choice (not hardware): partial-sum tensors are processed in row chunks of at most this many values."""
 
+CPU_CHUNK_ELEMENTS = 1 << 17
+"""Simulation choice (not hardware): on a CPU the Monte-Carlo forward works on (draws, outputs, vectors) partial-sum
+chunks of about this many values (512 KiB in float32), so that detector noise, ADC and accumulation stay in cache."""
+
+MIN_CHUNK_VECTORS = 128
+"""Simulation choice (not hardware): chunks hold at least this many input vectors (the contiguous axis of every pass)."""
+
 
 @dataclass(frozen=True)
 class _Mapped:
@@ -100,15 +113,19 @@ class _Mapped:
     cols: int
     row_tiles: int
     col_tiles: int
-    u_phases: tuple[MeshPhases, ...]  # T Clements meshes for U, blocks in row-major (r, c) order
-    v_phases: tuple[MeshPhases, ...]  # T Clements meshes for V^T
+    meshes: MeshStack  # 2T Clements meshes: U of every block (row-major (r, c) order), then V^T of every block
     transmission: Tensor  # (T, K) attenuator settings s / s_max, float64
     sigma_max: Tensor  # (R, C) largest singular value per block (restored electronically), float64
     full_scale: Tensor  # (R, C) largest row L1 norm of each block: ADC full scale per unit input scale, float64
 
+    @property
+    def tiles(self) -> int:
+        """T = R * C blocks."""
+        return self.row_tiles * self.col_tiles
+
 
 def _map_matrix(weight: Tensor, mesh_size: int) -> _Mapped:
-    """Tile, SVD and Clements-decompose a weight matrix (out x in), in float64."""
+    """Tile, SVD and Clements-decompose a weight matrix (out x in), in float64 (all blocks at once)."""
     rows, cols = weight.shape
     k = mesh_size
     r_tiles, c_tiles = -(-rows // k), -(-cols // k)
@@ -123,8 +140,7 @@ def _map_matrix(weight: Tensor, mesh_size: int) -> _Mapped:
         cols=cols,
         row_tiles=r_tiles,
         col_tiles=c_tiles,
-        u_phases=tuple(clements_decompose(m) for m in u.numpy()),
-        v_phases=tuple(clements_decompose(m) for m in vh.numpy()),
+        meshes=clements_decompose_many(torch.cat([u, vh])),  # all U, then all V^T, in one vectorised pass
         transmission=s / safe[:, None],
         sigma_max=sigma_max.reshape(r_tiles, c_tiles),
         full_scale=blocks.abs().sum(-1).amax(-1),
@@ -234,35 +250,153 @@ class MZIBackend:
         return mapped
 
     def _noisy_blocks(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> Tensor:
-        """Normalised blocks as `draws` chips realise them, (D, R, C, K, K): Re(U_d diag(a_d) V_d) / tau."""
-        k, noise = self.params.mesh_size, self.mesh_noise
-        tiles = len(mapped.u_phases)
-        u = torch.stack([mesh_matrix(ph, draws=draws, noise=noise, generator=generator, dtype=self.dtype) for ph in mapped.u_phases], 1)
-        v = torch.stack([mesh_matrix(ph, draws=draws, noise=noise, generator=generator, dtype=self.dtype) for ph in mapped.v_phases], 1)
+        """Normalised blocks as `draws` chips realise them, (D, R, C, K, K): Re(U_d diag(a_d) V_d) / tau.
+
+        All 2T meshes of the layer are built in one `mesh_matrices` call. Generator order: the meshes' chips, their
+        phase errors (see `mesh_matrices`), then the attenuators' chips and phase errors.
+        """
+        k, noise, tiles = self.params.mesh_size, self.mesh_noise, mapped.tiles
+        mats = mesh_matrices(mapped.meshes, draws=draws, noise=noise, generator=generator, dtype=self.dtype)
+        u, v = mats[:tiles], mats[tiles:]  # (T, D, K, K)
         errors = sample_attenuators((tiles, k), noise, generator, chips=draws)
-        field = attenuator_field(mapped.transmission, noise, errors, generator, draws).to(self.dtype)
-        depth = mapped.u_phases[0].depth + mapped.v_phases[0].depth
+        real = torch.float32 if self.dtype == torch.complex64 else torch.float64
+        field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=real)  # (D, T, K)
+        depth = 2 * mapped.meshes.depth
         nominal = 10.0 ** (-depth * noise.loss_db_per_mzi / 20.0)
-        block = torch.matmul(u * field[..., None, :], v).real / nominal
-        return block.reshape(draws, mapped.row_tiles, mapped.col_tiles, k, k)
+        block = torch.matmul(u * field.transpose(0, 1)[:, :, None, :], v).real.div_(nominal)  # (T, D, K, K)
+        return block.view(mapped.row_tiles, mapped.col_tiles, draws, k, k).permute(2, 0, 1, 3, 4)
 
     def _program(self, layer: MatMul, mapped: _Mapped, blocks: Tensor, seed: int) -> Program:
         """rows (draws, n, in) -> (draws, n, out) through fixed blocks; detector noise seeded by `seed`."""
-        layouts: dict[torch.device, Tensor] = {}
-        generators: dict[torch.device, torch.Generator] = {}
+        fixed = _Inference.build(blocks, mapped, self.params, self.detector_sigma)
+        per_device: dict[torch.device, tuple[_Inference, torch.Generator]] = {}
+        bias = None if layer.bias is None else layer.bias.detach()
 
         def run(rows: Tensor) -> Tensor:
             device = rows.device
-            if device not in layouts:
-                layouts[device] = _layout(blocks).to(device)
-                generators[device] = torch.Generator(device=device).manual_seed(seed)
+            if device not in per_device:
+                per_device[device] = (fixed.to(device), torch.Generator(device=device).manual_seed(seed))
+            consts, generator = per_device[device]
             with torch.no_grad():
-                out = _tiled_forward(rows, layouts[device], mapped, self.params, self.detector_sigma, generators[device], train=False)
-                if layer.bias is not None:
-                    out = out + layer.bias.to(out.dtype)
+                out = _inference_forward(rows, consts, generator)
+                if bias is not None:
+                    out.add_(bias.to(out.device, out.dtype))
             return out.to(rows.dtype)
 
         return run
+
+
+@dataclass(frozen=True)
+class _Inference:
+    """A realised layer's constants for the Monte-Carlo forward, with DAC, ADC and detector noise folded in.
+
+    With L_in = 2^(b_dac-1) - 1 DAC levels (1 without a DAC) and the ADC step q = FS / L_out of each detected
+    column (1 without an ADC), the chip's partial sum of column tile c, output o, is
+        y = sum_k B~[o, k] a[k] + sigma z,  a = round(x L_in / s) / L_in,  z ~ N(0, 1),
+    and the digital side adds  round(clamp(y / q)) q g s  (g = sigma_max). Here the integer DAC codes
+    a_int = a L_in meet `weights` = B~ / (L_in q), so  y / q = weights . a_int + (sigma / q) z:  the same numbers in
+    ADC units, without a separate DAC rescale or ADC division pass. Padded output rows (beyond the layer's
+    outputs) are dropped before detection: they are never read, so their noise need not be drawn.
+    """
+
+    weights: Tensor  # (C, D, out, K): per column tile and draw, B~ / (L_in q) with detected outputs as rows
+    noise_std: Tensor  # (C, out, 1) sigma / q  (detector noise in ADC steps)
+    out_scale: Tensor  # (C, out, 1) q g: one ADC step in output units per unit input scale
+    dac_levels: int | None
+    adc_levels: int | None
+    noisy: bool
+
+    @staticmethod
+    def build(blocks: Tensor, mapped: _Mapped, p: MZIParams, sigma: float) -> _Inference:
+        """From normalised blocks (D, R, C, K, K) and the mapping's per-block constants (see `noise` for the model)."""
+        d, r_tiles, c_tiles, k, _ = blocks.shape
+        out = mapped.rows
+        gain = mapped.sigma_max  # (R, C)
+        safe = torch.where(gain > 0, gain, torch.ones_like(gain))
+        dac_levels = None if p.dac_bits is None else 2 ** (p.dac_bits - 1) - 1
+        adc_levels = None if p.adc_bits is None else 2 ** (p.adc_bits - 1) - 1
+        tiny = torch.finfo(blocks.dtype).tiny
+        if adc_levels is None:
+            step = torch.ones_like(gain)
+        else:
+            step = (mapped.full_scale / safe).clamp_min(tiny) / adc_levels
+        live = gain > 0  # an all-zero block contributes exactly 0 (its noise and ADC output are multiplied by 0)
+        inv = torch.where(live, 1.0 / (step * (dac_levels or 1)), torch.zeros_like(step))
+
+        def per_column(x: Tensor) -> Tensor:  # (R, C) per block -> (C, out, 1) per detected column
+            return x.T.repeat_interleave(k, dim=-1)[:, :out, None].to(blocks.dtype).contiguous()
+
+        weights = blocks.permute(2, 0, 1, 3, 4).reshape(c_tiles, d, r_tiles * k, k)[:, :, :out]  # [c, d, r K + o, k]
+        noise_std = torch.where(live, sigma / step, torch.zeros_like(step))
+        return _Inference(
+            weights=(weights * per_column(inv)[:, None]).contiguous(),
+            noise_std=per_column(noise_std),
+            out_scale=per_column(step * gain),
+            dac_levels=dac_levels,
+            adc_levels=adc_levels,
+            noisy=sigma > 0,
+        )
+
+    def to(self, device: torch.device) -> _Inference:
+        """The same constants on `device`."""
+        return _Inference(self.weights.to(device), self.noise_std.to(device), self.out_scale.to(device),
+                          self.dac_levels, self.adc_levels, self.noisy)
+
+
+def _inference_forward(rows: Tensor, layer: _Inference, generator: torch.Generator) -> Tensor:
+    """DAC -> optical blocks -> detector noise -> ADC -> digital rescale and accumulation (no bias), no autograd.
+
+    rows (D, n, in) -> (D, n, out) in the blocks' dtype: the model of `_tiled_forward` (see `_Inference`),
+    computed on chunks of m input vectors in a transposed layout, so that every pass runs along the contiguous
+    vector axis: the chunk is copied once into a zero-padded (C K, D, m) buffer; each tile's input scale is an
+    elementwise max over its K planes, the DAC codes are made in place; per column tile one batched matmul
+    gives the partial sums as (D, out, m), then one noise draw and in-place ADC and accumulation, on cache-sized
+    buffers. The result is transposed once at the end.
+    """
+    draws, n, cols = rows.shape
+    weights = layer.weights
+    c_tiles, _, width, k = weights.shape
+    dtype, device = weights.dtype, weights.device
+    result = torch.empty((draws, width, n), dtype=dtype, device=device)
+    if n == 0:
+        return result.transpose(1, 2)
+    budget = CPU_CHUNK_ELEMENTS if device.type == "cpu" else max(1, ROWS_PER_CHUNK_ELEMENTS // c_tiles)
+    chunk = min(n, max(MIN_CHUNK_VECTORS, budget // (draws * max(width, c_tiles * k))))
+    xbuf = torch.empty((c_tiles * k, draws, chunk), dtype=dtype, device=device)
+    xbuf[cols:].zero_()  # padding rows stay 0
+    abuf = torch.empty_like(xbuf)
+    ybuf = torch.empty(draws * width * chunk, dtype=dtype, device=device)
+    zbuf = torch.empty_like(ybuf) if layer.noisy else None
+    tiny = torch.finfo(dtype).tiny
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        x = xbuf[:, :, :m]
+        x[:cols].copy_(rows[:, start : start + m].permute(2, 0, 1))
+        mag = torch.abs(x, out=abuf[:, :, :m]).view(c_tiles, k, draws, m)
+        left = k
+        while left > 1:  # max over each tile's K planes, folded in halves
+            half = left // 2
+            torch.maximum(mag[:, :half], mag[:, left - half : left], out=mag[:, :half])
+            left -= half
+        scale = mag[:, 0].clamp_min_(tiny)  # (C, D, m): per vector and column tile
+        codes = x.view(c_tiles, k, draws, m).div_(scale[:, None])  # |x / s| <= 1 exactly (IEEE division)
+        if layer.dac_levels is not None:  # so round(L x / s) needs no clamp to [-L, L]
+            codes.mul_(layer.dac_levels).round_()
+        acc = result[:, :, start : start + m]
+        for c in range(c_tiles):
+            y = ybuf[: draws * width * m].view(draws, width, m)
+            torch.bmm(weights[c], codes[c].transpose(0, 1), out=y)  # partial sums in ADC steps
+            if zbuf is not None:
+                z = zbuf[: draws * width * m].view(draws, width, m).normal_(generator=generator)
+                y.addcmul_(z, layer.noise_std[c])
+            if layer.adc_levels is not None:
+                y.round_().clamp_(-layer.adc_levels, layer.adc_levels)
+            y.mul_(layer.out_scale[c])
+            if c == 0:
+                torch.mul(y, scale[c][:, None], out=acc)
+            else:
+                acc.addcmul_(y, scale[c][:, None])
+    return result.transpose(1, 2).contiguous()
 
 
 def _layout(blocks: Tensor) -> Tensor:
@@ -284,7 +418,9 @@ def _tiled_forward(
 ) -> Tensor:
     """DAC -> optical blocks -> detector noise -> ADC -> digital rescale and accumulation over column tiles (no bias).
 
-    rows (D, n, in); weights (D, C, K, R*K): normalised blocks in `_layout` order -> (D, n, out).
+    rows (D, n, in); weights (D, C, K, R*K): normalised blocks in `_layout` order -> (D, n, out). Differentiable
+    (straight-through converters) with train=True: noise-aware training; Monte-Carlo evaluation uses the fused
+    `_inference_forward` (the same model, checked against this one in the tests).
     """
     draws, n, cols = rows.shape
     _, c_tiles, k, width = weights.shape

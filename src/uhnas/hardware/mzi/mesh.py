@@ -46,13 +46,19 @@ as real-block batched matrix products (in all the same 2 n^3 complex multiply-ad
 but in BLAS, on cache-sized chunks of draws).  No Python loop over
 draws or MZIs.  The mesh is treated as a ring (mode n-1 next to mode 0, joined only at always-diagonal idle
 positions), padded with virtual modes/columns carrying identities where n does not fit; meshes with n < 12 use the
-plain column-by-column product.  Measured by ``python bench/mesh.py``.
+column-by-column product, laid out with the batch innermost (:func:`_build_columns`).
+
+Many meshes of one size (the 2 meshes of every K x K block of a layer) are built by :func:`mesh_matrices` in one
+batch of meshes x draws: one gate table, one builder pass, a fixed per-call overhead paid once instead of per mesh;
+a :class:`MeshStack` caches the programmed phases across calls, and :func:`clements_decompose_many` decomposes many
+unitaries in one vectorised pass.  Measured by ``python bench/mesh.py``.
 """
 
 from __future__ import annotations
 
 import cmath
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -66,15 +72,20 @@ __all__ = [
     "MeshLayout",
     "MeshNoise",
     "MeshPhases",
+    "MeshStack",
     "clements_decompose",
+    "clements_decompose_many",
     "mesh_layout",
+    "mesh_matrices",
     "mesh_matrix",
     "sample_chip",
 ]
 
 TWO_PI = 2.0 * math.pi
 NOMINAL_SPLIT = 0.5  # power cross-coupling ratio of an ideal 50:50 directional coupler
-CPU_DRAW_CHUNK = 16  # draws per batched product chunk on a CPU (cache-sized; measured by bench/mesh.py sweeps)
+CPU_DRAW_CHUNK = 16  # least draws per batched product chunk on a CPU (measured best at n = 64 and 128)
+CPU_CHUNK_BYTES = 1 << 19  # ... and about this many bytes of accumulated matrices per chunk (more draws for small n:
+#                            measured 1.3x faster for 40 meshes x 64 draws at n = 16 and 10 x 64 at n = 32)
 
 
 # --------------------------------------------------------------------------------------------------- layout
@@ -175,6 +186,57 @@ class MeshPhases:
         return mesh_layout(self.n).depth
 
 
+@dataclass(frozen=True, eq=False)
+class MeshStack:
+    """Programmed phases of ``M`` meshes of the same size ``n``, stacked (radians, float64).
+
+    ``theta``/``phi``: (M, n_mzi), ``output_phase``: (M, n), each row laid out as in :class:`MeshPhases`.  Build one
+    with :meth:`of`.  A stack remembers what depends only on its phases and on the systematic part of a noise model
+    (phases quantised, shifted by crosstalk and laid out in gate-table order), so repeated :func:`mesh_matrices`
+    calls on the same stack (e.g. one per Monte-Carlo evaluation of a trained model) only sample and build.
+    """
+
+    n: int
+    theta: Tensor
+    phi: Tensor
+    output_phase: Tensor
+    _nominal: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        k_total = len(mesh_layout(int(self.n)).column)
+        object.__setattr__(self, "n", int(self.n))
+        theta = torch.as_tensor(self.theta)
+        if theta.dim() != 2 or theta.shape[0] < 1:
+            raise ValueError(f"theta must have shape (meshes >= 1, {k_total}), got {tuple(theta.shape)}")
+        m = int(theta.shape[0])
+        object.__setattr__(self, "theta", _as_f64(theta, (m, k_total), "theta"))
+        object.__setattr__(self, "phi", _as_f64(self.phi, (m, k_total), "phi"))
+        object.__setattr__(self, "output_phase", _as_f64(self.output_phase, (m, self.n), "output_phase"))
+
+    @classmethod
+    def of(cls, phases: Sequence[MeshPhases]) -> MeshStack:
+        """Stack meshes of one size (at least one)."""
+        phases = list(phases)
+        if not phases:
+            raise ValueError("a mesh stack needs at least one mesh")
+        n = phases[0].n
+        if any(p.n != n for p in phases):
+            raise ValueError(f"all meshes of a stack must have the same size, got {sorted({p.n for p in phases})}")
+        return cls(n, torch.stack([p.theta for p in phases]), torch.stack([p.phi for p in phases]),
+                   torch.stack([p.output_phase for p in phases]))
+
+    def __len__(self) -> int:
+        return int(self.theta.shape[0])
+
+    def __getitem__(self, index: int) -> MeshPhases:
+        return MeshPhases(self.n, self.theta[index], self.phi[index], self.output_phase[index])
+
+    @property
+    def depth(self) -> int:
+        """Number of MZI columns of every mesh."""
+        return mesh_layout(self.n).depth
+
+
 # --------------------------------------------------------------------------------------------------- decomposition
 def _null_right(a: complex, b: complex) -> tuple[float, float]:
     """theta, phi such that [a, b] . T(theta, phi)^dagger has a zero first entry."""
@@ -262,6 +324,77 @@ def clements_decompose(u: Any) -> MeshPhases:
             raise RuntimeError(f"MZI on modes ({m}, {m + 1}) scheduled in column {col}, not a mesh position")
         theta[k], phi[k] = th, ph
     return MeshPhases(n=n, theta=theta, phi=phi, output_phase=np.mod(diag, TWO_PI))
+
+
+def clements_decompose_many(us: Any) -> MeshStack:
+    """Phases of the meshes that realise ``M`` unitaries of one size, (M, n, n) -> :class:`MeshStack`.
+
+    The algorithm of :func:`clements_decompose`, vectorised over the batch: the sequence of nullings and the
+    column schedule depend only on n, so every step is one elementwise numpy operation on all M matrices (equal
+    to per-matrix calls to rounding error; far faster for many small meshes, e.g. the blocks of a layer).
+    """
+    mats = us.detach().cpu().numpy() if isinstance(us, Tensor) else np.asarray(us)
+    mats = np.array(mats, dtype=np.complex128)
+    if mats.ndim != 3 or mats.shape[1] != mats.shape[2] or mats.shape[0] < 1:
+        raise ValueError(f"expected a stack of square matrices (M >= 1, n, n), got shape {mats.shape}")
+    count, n = mats.shape[0], mats.shape[1]
+    dev = np.abs(mats @ mats.conj().transpose(0, 2, 1) - np.eye(n)).max() if n else 0.0
+    if dev > 1e-6:  # as clements_decompose
+        raise ValueError(f"matrix is not unitary (max |U U^dagger - I| = {dev:.2e})")
+    lay = mesh_layout(n)
+    w = mats
+    right: list[tuple[int, np.ndarray, np.ndarray]] = []
+    left: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    def mzi(theta: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        g = 1j * np.exp(0.5j * theta)  # T = i e^{i theta/2} [[e^{i phi} s, c], [e^{i phi} c, -s]]
+        s_, c_ = np.sin(0.5 * theta), np.cos(0.5 * theta)
+        ge = g * np.exp(1j * phi)
+        return ge * s_, g * c_, ge * c_, -g * s_
+
+    for i in range(n - 1):
+        if i % 2 == 0:
+            for j in range(i + 1):
+                r, m = n - 1 - j, i - j
+                a, b = w[:, r, m], w[:, r, m + 1]
+                th = 2.0 * np.arctan2(np.abs(b), np.abs(a))
+                ph = (np.angle(a) - np.angle(b) + math.pi) % TWO_PI
+                t00, t01, t10, t11 = (x.conj()[:, None] for x in mzi(th, ph))  # T^dagger: (t00*, t10*; t01*, t11*)
+                col_m = w[:, :, m].copy()
+                w[:, :, m] = col_m * t00 + w[:, :, m + 1] * t01
+                w[:, :, m + 1] = col_m * t10 + w[:, :, m + 1] * t11
+                right.append((m, th, ph))
+        else:
+            for j in range(1, i + 2):
+                r = n + j - i - 2
+                c, m = j - 1, r - 1
+                a, b = w[:, m, c], w[:, r, c]
+                th = 2.0 * np.arctan2(np.abs(a), np.abs(b))
+                ph = (np.angle(b) - np.angle(a)) % TWO_PI
+                t00, t01, t10, t11 = (x[:, None] for x in mzi(th, ph))
+                row_m = w[:, m].copy()
+                w[:, m] = t00 * row_m + t01 * w[:, r]
+                w[:, r] = t10 * row_m + t11 * w[:, r]
+                left.append((m, th, ph))
+    diag = np.angle(np.diagonal(w, axis1=1, axis2=2)).copy()  # (M, n)
+    moved: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for m, th, ph in reversed(left):  # move each T_l^dagger through D (see clements_decompose)
+        a, b = diag[:, m].copy(), diag[:, m + 1].copy()
+        moved.append((m, th, (a - b) % TWO_PI))
+        diag[:, m] = b - th - ph + math.pi
+        diag[:, m + 1] = b - th + math.pi
+    last = np.full(n, -1, dtype=np.int64)
+    slot = {(int(c), int(m)): k for k, (c, m) in enumerate(zip(lay.column, lay.top, strict=True))}
+    theta = np.zeros((count, len(lay.column)))
+    phi = np.zeros((count, len(lay.column)))
+    for m, th, ph in right + moved:
+        col = int(max(last[m], last[m + 1]) + 1)
+        last[m] = last[m + 1] = col
+        k = slot.get((col, m))
+        if k is None:  # cannot happen for the Clements ordering; guards the bookkeeping
+            raise RuntimeError(f"MZI on modes ({m}, {m + 1}) scheduled in column {col}, not a mesh position")
+        theta[:, k], phi[:, k] = th, ph
+    return MeshStack(n, theta, phi, np.mod(diag, TWO_PI))
 
 
 # --------------------------------------------------------------------------------------------------- noise
@@ -360,8 +493,8 @@ def sample_chip(
 
 
 # --------------------------------------------------------------------------------------------------- effective phases
-def _programmed(phases: MeshPhases, noise: MeshNoise) -> tuple[Tensor, Tensor, Tensor]:
-    """Programmed phases wrapped to [0, 2 pi) and, if asked, quantised to ``phase_bits`` bits."""
+def _programmed(phases: MeshPhases | MeshStack, noise: MeshNoise) -> tuple[Tensor, Tensor, Tensor]:
+    """Programmed phases wrapped to [0, 2 pi) and, if asked, quantised to ``phase_bits`` bits (any leading dims)."""
     out = []
     for p in (phases.theta, phases.phi, phases.output_phase):
         p = torch.remainder(p, TWO_PI)
@@ -373,17 +506,20 @@ def _programmed(phases: MeshPhases, noise: MeshNoise) -> tuple[Tensor, Tensor, T
 
 
 def _with_crosstalk(theta: Tensor, phi: Tensor, out: Tensor, gamma: float, lay: MeshLayout) -> tuple[Tensor, ...]:
-    """Add gamma x (programmed phases of the nearest same-kind shifters) to every shifter (see MeshNoise)."""
+    """Add gamma x (programmed phases of the nearest same-kind shifters) to every shifter (see MeshNoise).
+
+    theta, phi: (..., n_mzi); out: (..., n).
+    """
     if gamma == 0:
         return theta, phi, out
     up, down = torch.from_numpy(lay.up), torch.from_numpy(lay.down)
     res = []
     for p in (theta, phi):
-        padded = torch.cat([p, p.new_zeros(1)])  # index K = "no neighbour"
-        res.append(p + gamma * (padded[up] + padded[down]))
+        padded = torch.cat([p, p.new_zeros((*p.shape[:-1], 1))], -1)  # index K = "no neighbour"
+        res.append(p + gamma * (padded[..., up] + padded[..., down]))
     nb = torch.zeros_like(out)
-    nb[1:] += out[:-1]
-    nb[:-1] += out[1:]
+    nb[..., 1:] += out[..., :-1]
+    nb[..., :-1] += out[..., 1:]
     res.append(out + gamma * nb)
     return res[0], res[1], res[2]
 
@@ -516,42 +652,46 @@ def _gate_table(
     cdtype: torch.dtype,
     conj: bool = False,
 ) -> Tensor:
-    """Every 2x2 transfer of the plan's gate table, as (2, 2, rows, batch).
+    """Every 2x2 transfer of the plan's gate table, as (2, 2, rows, *batch).
 
     MZI rows: amp . B(k2) . diag(e^{i theta}, 1) . B(k1) . diag(e^{i phi}, 1), i.e. with c_j = sqrt(1 - k_j),
     r_j = sqrt(k_j):  T00 = amp (c1 c2 e^{i(theta+phi)} - r1 r2 e^{i phi}),  T01 = i amp (r1 c2 e^{i theta} + c1 r2),
     T10 = i amp (c1 r2 e^{i(theta+phi)} + r1 c2 e^{i phi}),  T11 = amp (c1 c2 - r1 r2 e^{i theta}).
-    theta, phi: (rows, batch or 1) in the real dtype of ``cdtype``; couplers: (c1 c2, r1 r2, r1 c2, c1 r2), each
-    (rows, chips), or None (ideal 50:50); amp: (rows, chips) field amplitude or None (lossless).  Rows
-    ``fixed_rows`` are diagonal with amplitudes ``fixed_diag`` (F, 2, chips).  ``conj``: store complex conjugates.
+    theta, phi: (rows, *batch) in the real dtype of ``cdtype`` (any batch dims of size 1 broadcast); couplers:
+    (c1 c2, r1 r2, r1 c2, c1 r2), each (rows, *batch), or None (ideal 50:50); amp: (rows, *batch) field amplitude
+    or None (lossless).  Rows ``fixed_rows`` are diagonal with amplitudes ``fixed_diag`` (F, 2, *batch).
+    ``conj``: store complex conjugates.
     """
     rows = theta.shape[0]
-    batch = max(theta.shape[1], phi.shape[1], fixed_diag.shape[2])
-    table = torch.empty((2, 2, rows, batch), dtype=cdtype, device=theta.device)
-    a = theta.new_ones((1, 1)) if amp is None else amp
+    extra = [c.shape[1:] for c in couplers] if couplers is not None else []
+    extra += [amp.shape[1:]] if amp is not None else []
+    batch = torch.broadcast_shapes(theta.shape[1:], phi.shape[1:], fixed_diag.shape[2:], *extra)
+    table = torch.empty((2, 2, rows, *batch), dtype=cdtype, device=theta.device)
+    a = theta.new_ones((1,) * theta.dim()) if amp is None else amp
     if couplers is None:
         cc = rr = rc = cr = 0.5 * a  # 50:50 couplers: every product of two coupler amplitudes is 1/2
     else:
         cc, rr, rc, cr = (c * a for c in couplers)
-    sign = -1.0 if conj else 1.0
     both = theta + phi
     ct, st, cp, sp = torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi)
-    cb, sb = torch.cos(both), torch.sin(both)
-    re, im = theta.new_empty((rows, batch)), theta.new_empty((rows, batch))
+    cb, sb = torch.cos(both), torch.sin(both)  # (as cheap as two products each; contiguous temporaries, then
+    re, im = theta.new_empty((rows, *batch)), theta.new_empty((rows, *batch))  # one interleave: measured fastest)
     torch.mul(cc, cb, out=re).addcmul_(rr, cp, value=-1.0)  # T00
-    torch.mul(cc, sb, out=im).addcmul_(rr, sp, value=-1.0).mul_(sign)
+    torch.mul(cc, sb, out=im).addcmul_(rr, sp, value=-1.0)
     torch.complex(re, im, out=table[0, 0])
     torch.mul(rc, st, out=re).neg_()  # T01
-    torch.mul(rc, ct, out=im).add_(cr).mul_(sign)
+    torch.mul(rc, ct, out=im).add_(cr)
     torch.complex(re, im, out=table[0, 1])
     torch.mul(cr, sb, out=re).addcmul_(rc, sp).neg_()  # T10
-    torch.mul(cr, cb, out=im).addcmul_(rc, cp).mul_(sign)
+    torch.mul(cr, cb, out=im).addcmul_(rc, cp)
     torch.complex(re, im, out=table[1, 0])
     torch.mul(rr, ct, out=re).neg_().add_(cc)  # T11
-    torch.mul(rr, st, out=im).mul_(-sign)
+    torch.mul(rr, st, out=im).neg_()
     torch.complex(re, im, out=table[1, 1])
+    if conj:
+        torch.conj_physical(table, out=table)
     if fixed_rows.numel():
-        fixed = table.new_zeros((2, 2, fixed_rows.shape[0], batch))
+        fixed = table.new_zeros((2, 2, fixed_rows.shape[0], *batch))
         fixed[0, 0] = fixed_diag[:, 0]
         fixed[1, 1] = fixed_diag[:, 1]
         table.index_copy_(2, fixed_rows, fixed)
@@ -575,6 +715,56 @@ def _build_reference(table: Tensor, plan: _Plan, screen: Tensor, conjugated: boo
         m[:, tops] = g[:, :, 0, 0, None] * mt + g[:, :, 0, 1, None] * mb
         m[:, bots] = g[:, :, 1, 0, None] * mt + g[:, :, 1, 1, None] * mb
     return m * screen[..., None]
+
+
+def _build_columns(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
+    """The ring mesh's matrix for a column plan, as (ring, ring, batch): the batch is the innermost axis.
+
+    Same product as :func:`_build_reference` (column by column, then the output screen), laid out for many small
+    meshes at once: column 0 is written as a block diagonal, every later column is a 2x2 update of row pairs
+    (even columns: rows (2j, 2j+1); odd columns: rows (2j+1, 2j+2), plus the idle seam pair (ring-1, 0), a
+    diagonal), elementwise over contiguous (ring, batch) planes, ping-ponging between two buffers.  The output
+    screen is folded into the last column's gates.  ``table``: (2, 2, rows, batch) in column-plan row order
+    (not modified); ``screen``: (batch, ring).
+    """
+    ring, half, columns = plan.ring, plan.ring // 2, plan.columns
+    batch = table.shape[-1]
+    scr = screen.t().expand(ring, batch)  # (ring, batch)
+    bufs = [table.new_zeros((ring, ring, batch)), table.new_empty((ring, ring, batch))]
+    if columns == 0:
+        torch.diagonal(bufs[0], dim1=0, dim2=1).copy_(scr.t())
+        return bufs[0]
+
+    def gates(q: int) -> Tensor:  # (2, 2, half, batch); the last column carries the output screen
+        g = table[:, :, q * half : (q + 1) * half]
+        if q == columns - 1:
+            tops = torch.arange(q % 2, ring, 2, device=table.device)
+            g = g * torch.stack([scr[tops], scr[(tops + 1) % ring]])[:, None]
+        return g
+
+    g0 = gates(0)
+    blocks = torch.diagonal(bufs[0].view(half, 2, half, 2, batch), dim1=0, dim2=2)  # (2, 2, batch, half)
+    blocks.copy_(g0.transpose(2, 3))
+    tmp = table.new_empty((half, ring, batch))
+    cur = 0
+    for q in range(1, columns):
+        src, dst = bufs[cur], bufs[1 - cur]
+        g = gates(q)[:, :, :, None]  # (2, 2, half, 1, batch)
+        if q % 2 == 0:
+            pairs_src, pairs_dst, t = src.view(half, 2, ring, batch), dst.view(half, 2, ring, batch), tmp
+        else:  # seam pair (ring-1, 0) is idle: diagonal
+            torch.mul(src[ring - 1], g[0, 0, half - 1], out=dst[ring - 1])
+            torch.mul(src[0], g[1, 1, half - 1], out=dst[0])
+            pairs_src = src[1 : ring - 1].view(half - 1, 2, ring, batch)
+            pairs_dst = dst[1 : ring - 1].view(half - 1, 2, ring, batch)
+            t, g = tmp[: half - 1], g[:, :, : half - 1]
+        top, bot = pairs_src[:, 0], pairs_src[:, 1]
+        torch.mul(top, g[0, 0], out=pairs_dst[:, 0])
+        pairs_dst[:, 0].add_(torch.mul(bot, g[0, 1], out=t))
+        torch.mul(bot, g[1, 1], out=pairs_dst[:, 1])
+        pairs_dst[:, 1].add_(torch.mul(top, g[1, 0], out=t))
+        cur = 1 - cur
+    return bufs[cur]
 
 
 # Tiled builder.  On the ring, a slab of s/2 consecutive columns splits into upward triangles A (row windows
@@ -658,8 +848,9 @@ def _build_tiles(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
     rdtype = rb.dtype
     out = x.new_empty((batch, ring, ring))
     # on a CPU, apply the layers chunk of draws by chunk so that the accumulated matrices stay in cache; 16 draws
-    # per chunk measured fastest at n = 64 and n = 128 (vs 4, 8, 64); elsewhere all draws at once
-    chunk = CPU_DRAW_CHUNK if x.device.type == "cpu" else batch
+    # per chunk measured fastest at n = 64 and n = 128 (vs 4, 8, 64), more for smaller n; elsewhere all at once
+    per_draw = (ring + s) * 2 * ring * rb.element_size()
+    chunk = max(CPU_DRAW_CHUNK, CPU_CHUNK_BYTES // per_draw) if x.device.type == "cpu" else batch
     full = [x.new_empty((min(chunk, batch) * ring + s, 2, ring), dtype=rdtype) for _ in range(2)]
     for c0 in range(0, batch, chunk):
         d = min(chunk, batch - c0)
@@ -689,6 +880,108 @@ def _build_tiles(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------- public builder
+def _nominal_rows(stack: MeshStack, noise: MeshNoise, rdtype: torch.dtype, dev: torch.device) -> tuple[Tensor, ...]:
+    """Programmed (quantised, crosstalk-shifted) phases in gate-table row order: theta, phi (rows, M, 1), output
+    phases (n, M, 1); cached on the stack per (phase bits, crosstalk, dtype, device)."""
+    key = (noise.phase_bits, float(noise.crosstalk), rdtype, dev)
+    hit = stack._nominal.get(key)
+    if hit is not None:
+        return hit
+    lay, plan = mesh_layout(stack.n), _make_plan(stack.n)
+    theta, phi, out = _with_crosstalk(*_programmed(stack, noise), float(noise.crosstalk), lay)
+    pad = theta.new_zeros((len(stack), 1))  # rows that are not MZIs read 0 (and are overwritten)
+    rows = [torch.cat([x, pad], 1)[:, plan.row_mzi].t() for x in (theta, phi)]
+    hit = tuple(x.to(device=dev, dtype=rdtype).contiguous()[..., None] for x in (*rows, out.t()))
+    if len(stack._nominal) >= 8:
+        stack._nominal.clear()
+    stack._nominal[key] = hit
+    return hit
+
+
+def _chip_batch(chip: ChipErrors, meshes: int, n_draws: int) -> tuple[int, int]:
+    """(mesh, draw) extents of a chip set: 1 chip for all, one per mesh, or one per mesh and draw (mesh-major)."""
+    if chip.chips == 1:
+        return 1, 1
+    if chip.chips == meshes * n_draws:
+        return meshes, n_draws
+    if chip.chips == meshes:
+        return meshes, 1
+    raise ValueError(f"chip has chips={chip.chips}; expected 1, {meshes} or {meshes * n_draws} chips "
+                     f"(one per mesh and draw)")
+
+
+def _prepare_stack(
+    stack: MeshStack,
+    n_draws: int,
+    draws_given: bool,
+    noise: MeshNoise,
+    chip: ChipErrors | None,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+    dev: torch.device,
+) -> tuple[Tensor, Tensor, _Plan, int]:
+    """Sample the errors and compute the gate table (2, 2, rows, M b) and output screen (M b, ring) of a stack.
+
+    ``b`` (returned) is the number of realisations per mesh: ``n_draws`` when anything differs between draws,
+    else 1 (the caller expands).  Generator order: chips for all meshes (one :func:`sample_chip` call for
+    M x n_draws chips, mesh-major), then the phase errors of mesh 0, 1, ... (per mesh (2 rows + n, n_draws)
+    normals in gate-table row order: theta rows, phi rows, output phases).
+    """
+    n, meshes = stack.n, len(stack)
+    lay = mesh_layout(n)
+    k_total = len(lay.column)
+    if chip is None:
+        random_chip = noise.coupler_error_std > 0 or noise.loss_db_std > 0
+        chip = sample_chip(n, noise, generator, draws=meshes * n_draws if random_chip and (draws_given or meshes > 1)
+                           else None)
+        has_coupler_error = noise.coupler_error_std > 0
+        lossy = noise.loss_db_per_mzi > 0 or noise.loss_db_std > 0
+    else:
+        has_coupler_error = bool((chip.coupler_ratio != NOMINAL_SPLIT).any())
+        lossy = bool((chip.mzi_loss_db != 0).any()) or bool((chip.dummy_loss_db != 0).any())
+    if chip.n != n:
+        raise ValueError(f"chip has n={chip.n}; expected n={n}")
+    cm, cb = _chip_batch(chip, meshes, n_draws)
+    plan = _make_plan(n)
+    rows = plan.row_mzi.shape[0]
+    rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
+    theta, phi, out_phase = _nominal_rows(stack, noise, rdtype, dev)  # (rows, M, 1), (rows, M, 1), (n, M, 1)
+    if noise.phase_std > 0:  # one normal per table row and shifter, in table order (rows that are not MZIs unused)
+        z = torch.empty((meshes, 2 * rows + n, n_draws), dtype=torch.float32)
+        for part in z:  # one call per mesh, as mesh_matrix draws them (a single call would not give the same stream)
+            part.normal_(generator=generator)
+        z = z.to(device=dev, dtype=rdtype).permute(1, 0, 2)
+        std = float(noise.phase_std)
+        theta, phi, out_phase = (torch.add(x, part, alpha=std) for x, part in
+                                 zip((theta, phi, out_phase), z.split([rows, rows, n]), strict=True))
+    per_mesh = max(theta.shape[2], cb)
+    pick = plan.row_mzi.clamp(max=max(k_total - 1, 0)).to(dev)  # rows that are not MZIs read MZI 0, overwritten
+    couplers = None
+    if k_total and has_coupler_error:
+        ratio = chip.coupler_ratio.to(device=dev, dtype=rdtype).view(cm, cb, k_total, 2).permute(3, 2, 0, 1)
+        ratio = ratio.index_select(1, pick)  # (2, rows, cm, cb)
+        r, c = ratio.sqrt(), ratio.neg().add_(1).sqrt_()  # amplitude cross / through coupling
+        couplers = (c[0] * c[1], r[0] * r[1], r[0] * c[1], c[0] * r[1])
+    db_to_amp = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
+    amp = None
+    if k_total and lossy:
+        loss = chip.mzi_loss_db.to(device=dev, dtype=rdtype).view(cm, cb, k_total).permute(2, 0, 1)
+        amp = loss.index_select(0, pick).mul_(db_to_amp).exp_()  # (rows, cm, cb)
+    n_dummy = chip.dummy_loss_db.shape[1]
+    amp_vec = torch.ones((n_dummy + 1, cm, cb), dtype=rdtype, device=dev)
+    if lossy:  # (n_dummy + 1, cm, cb): dummy sections, then "no element"
+        dummy = chip.dummy_loss_db.to(device=dev, dtype=rdtype).view(cm, cb, n_dummy).permute(2, 0, 1)
+        torch.exp(dummy * db_to_amp, out=amp_vec[:-1])
+    fixed_diag = amp_vec[plan.fixed_amp.to(dev)]  # (F, 2, cm, cb)
+    if theta.shape[1:] != (meshes, per_mesh):  # the table's batch axes must be (M, b) for the flat view below
+        theta = theta.expand(rows, meshes, per_mesh)
+    table = _gate_table(theta, phi, couplers, amp, plan.fixed_rows.to(dev), fixed_diag, dtype,
+                        conj=plan.tile is not None).view(2, 2, rows, meshes * per_mesh)
+    screen = torch.ones((meshes, per_mesh, plan.ring), dtype=dtype, device=dev)
+    screen[:, :, :n] = torch.polar(torch.ones_like(out_phase), out_phase).permute(1, 2, 0)
+    return table, screen.view(meshes * per_mesh, plan.ring), plan, per_mesh
+
+
 def _prepare(
     phases: MeshPhases,
     n_draws: int,
@@ -699,54 +992,57 @@ def _prepare(
     dtype: torch.dtype,
     dev: torch.device,
 ) -> tuple[Tensor, Tensor, _Plan]:
-    """Sample the errors and compute the gate table and output screen for mesh_matrix (see there)."""
-    n = phases.n
-    lay = mesh_layout(n)
-    k_total = len(lay.column)
-    if chip is None:
-        random_chip = noise.coupler_error_std > 0 or noise.loss_db_std > 0
-        chip = sample_chip(n, noise, generator, draws=n_draws if (random_chip and draws_given) else None)
-        has_coupler_error = noise.coupler_error_std > 0
-        lossy = noise.loss_db_per_mzi > 0 or noise.loss_db_std > 0
-    else:
-        has_coupler_error = bool((chip.coupler_ratio != NOMINAL_SPLIT).any())
-        lossy = bool((chip.mzi_loss_db != 0).any()) or bool((chip.dummy_loss_db != 0).any())
-    if chip.n != n or chip.chips not in (1, n_draws):
-        raise ValueError(f"chip has n={chip.n}, chips={chip.chips}; expected n={n} and 1 or {n_draws} chips")
-    plan = _make_plan(n)
-    rows = plan.row_mzi.shape[0]
-    rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
-    theta, phi, out_phase = _with_crosstalk(*_programmed(phases, noise), float(noise.crosstalk), lay)
-    row_mzi = plan.row_mzi
-    pick = row_mzi.clamp(max=max(k_total - 1, 0))  # rows that are not MZIs read MZI 0 and are overwritten
-    theta = torch.cat([theta, theta.new_zeros(1)])[row_mzi, None].to(rdtype)  # (rows, 1)
-    phi = torch.cat([phi, phi.new_zeros(1)])[row_mzi, None].to(rdtype)
-    out_phase = out_phase[:, None].to(rdtype)
-    if noise.phase_std > 0:  # one normal per table row and shifter, in table order (rows that are not MZIs unused)
-        z = _normal((2 * rows + n, n_draws), generator, rdtype)
-        std = float(noise.phase_std)
-        theta, phi, out_phase = (torch.add(x, part, alpha=std) for x, part in
-                                 zip((theta, phi, out_phase), z.split([rows, rows, n]), strict=True))
-    theta, phi, out_phase = theta.to(dev), phi.to(dev), out_phase.to(dev)
-    pick = pick.to(dev)
-    couplers = None
-    if k_total and has_coupler_error:
-        ratio = chip.coupler_ratio.to(device=dev, dtype=rdtype).permute(2, 1, 0).index_select(1, pick)
-        r, c = ratio.sqrt(), ratio.neg_().add_(1).sqrt_()  # amplitude cross / through coupling (2, rows, chips)
-        couplers = (c[0] * c[1], r[0] * r[1], r[0] * c[1], c[0] * r[1])
-    db_to_amp = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
-    amp = None
-    if k_total and lossy:
-        amp = chip.mzi_loss_db.to(device=dev, dtype=rdtype).t().index_select(0, pick).mul_(db_to_amp).exp_()
-    amp_vec = torch.ones((chip.dummy_loss_db.shape[1] + 1, chip.chips), dtype=rdtype, device=dev)
-    if lossy:  # (n_dummy + 1, chips): dummy sections, then "no element"
-        torch.exp(chip.dummy_loss_db.to(device=dev, dtype=rdtype).t() * db_to_amp, out=amp_vec[:-1])
-    fixed_diag = amp_vec[plan.fixed_amp.to(dev)]  # (F, 2, chips)
-    table = _gate_table(theta, phi, couplers, amp, plan.fixed_rows.to(dev), fixed_diag, dtype,
-                        conj=plan.tile is not None)
-    screen = torch.ones((out_phase.shape[1], plan.ring), dtype=dtype, device=dev)
-    screen[:, :n] = torch.complex(torch.cos(out_phase), torch.sin(out_phase)).t()
+    """Gate table, output screen and plan of one mesh (see :func:`_prepare_stack`); for tests and benchmarks."""
+    table, screen, plan, _ = _prepare_stack(MeshStack.of([phases]), n_draws, draws_given, noise, chip, generator,
+                                            dtype, dev)
     return table, screen, plan
+
+
+def mesh_matrices(
+    phases: MeshStack | Sequence[MeshPhases],
+    *,
+    draws: int | None = None,
+    noise: MeshNoise | None = None,
+    chip: ChipErrors | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.complex64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The matrices ``M`` meshes of the same size realise, in one batched computation: (M, n, n) or (M, draws, n, n).
+
+    The many-mesh form of :func:`mesh_matrix` (same model, same conventions): ``phases`` is a :class:`MeshStack`
+    (reuse it across calls: it caches the programmed phases) or a sequence of :class:`MeshPhases`.  Phase errors are
+    resampled per mesh and draw.  Fabrication errors come from ``chip``: 1 chip (its errors shared by every mesh),
+    M chips (one per mesh, shared by its draws) or M x draws chips (mesh-major: chip ``m * draws + d`` is draw ``d``
+    of mesh ``m``); without ``chip``, one chip per mesh and draw is sampled if ``noise`` has chip errors.
+
+    Generator order (all on the CPU): first every chip, as one ``sample_chip(n, noise, generator,
+    draws=M * draws)`` call (mesh-major); then the phase errors, mesh after mesh, each as the per-mesh call of
+    :func:`mesh_matrix` draws them.  Hence ``mesh_matrices(meshes, generator=g)[m]`` equals
+    ``mesh_matrix(meshes[m], chip=<chips of mesh m>, generator=g)`` called mesh after mesh on a generator that has
+    drawn the chips first; for one mesh both functions consume the generator identically.
+    """
+    stack = phases if isinstance(phases, MeshStack) else MeshStack.of(phases)
+    noise = noise or MeshNoise()
+    n_draws = 1 if draws is None else int(draws)
+    if n_draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    if dtype not in (torch.complex64, torch.complex128):
+        raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
+    dev = torch.device(device) if device is not None else stack.theta.device
+    n, meshes = stack.n, len(stack)
+    table, screen, plan, per_mesh = _prepare_stack(stack, n_draws, draws is not None, noise, chip, generator,
+                                                   dtype, dev)
+    if plan.tile is None:
+        m = _build_columns(table, plan, screen)[:n, :n].permute(2, 0, 1)
+    else:
+        m = _build_tiles(table, plan, screen)[:, :n, :n]
+    m = m.reshape(meshes, per_mesh, n, n)
+    if draws is None:
+        return m[:, 0].contiguous()
+    if per_mesh == 1 and n_draws > 1:
+        return m.expand(meshes, n_draws, n, n).contiguous()
+    return m.contiguous()
 
 
 def mesh_matrix(
@@ -765,21 +1061,10 @@ def mesh_matrix(
     one chip per draw).  Without ``chip``, chip errors (if ``noise`` has any) are sampled from ``generator``: one
     chip per draw.  All randomness is drawn on the CPU from ``generator``, so a seed gives identical results
     (for a given n; the order in which samples are assigned to shifters depends on the builder used for n).
+    For many meshes of one size, :func:`mesh_matrices` computes the same in one batched call.
     """
-    noise = noise or MeshNoise()
     n_draws = 1 if draws is None else int(draws)
-    if n_draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
-    if dtype not in (torch.complex64, torch.complex128):
-        raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
-    dev = torch.device(device) if device is not None else phases.theta.device
-    table, screen, plan = _prepare(phases, n_draws, draws is not None, noise, chip, generator, dtype, dev)
-    if plan.tile is None:
-        m = _build_reference(table, plan, screen)
-    else:
-        m = _build_tiles(table, plan, screen)
-    n = phases.n
-    m = m[:, :n, :n]
-    if m.shape[0] == 1 and draws is not None:
-        m = m.expand(n_draws, n, n).clone()
-    return m[0] if draws is None else m
+    if chip is not None and chip.chips not in (1, n_draws):
+        raise ValueError(f"chip has n={chip.n}, chips={chip.chips}; expected n={phases.n} and 1 or {n_draws} chips")
+    return mesh_matrices(MeshStack.of([phases]), draws=draws, noise=noise, chip=chip, generator=generator,
+                         dtype=dtype, device=device)[0]

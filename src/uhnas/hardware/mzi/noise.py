@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from uhnas.hardware.mzi.energy import HZ_PER_GHZ, detector_power_mw
-from uhnas.hardware.mzi.mesh import NOMINAL_SPLIT, TWO_PI, MeshNoise
+from uhnas.hardware.mzi.mesh import NOMINAL_SPLIT, TWO_PI, MeshNoise, _normal
 from uhnas.hardware.precision import quantize_symmetric, straight_through
 
 if TYPE_CHECKING:
@@ -73,13 +73,22 @@ class AttenuatorErrors:
 
 
 def sample_attenuators(shape: tuple[int, ...], noise: MeshNoise, generator: torch.Generator, chips: int) -> AttenuatorErrors:
-    """Coupler ratios and insertion losses of `chips` chips' attenuators laid out as `shape` (last dim: a column)."""
-    ratio = torch.full((chips, *shape, 2), NOMINAL_SPLIT, dtype=torch.float64)
+    """Coupler ratios and insertion losses of `chips` chips' attenuators laid out as `shape` (last dim: a column).
+
+    As for the meshes (`mesh.sample_chip`): sampled values are float32 (their spread dwarfs float32 rounding),
+    error-free values exact float64 nominals. Generator order: coupler normals (chips, *shape, 2), then loss
+    normals (chips, *shape), each only when that error is on.
+    """
     if noise.coupler_error_std > 0:
-        ratio = (ratio + noise.coupler_error_std * torch.randn(ratio.shape, generator=generator, dtype=torch.float64)).clamp(0.0, 1.0)
-    loss = torch.full((chips, *shape), float(noise.loss_db_per_mzi), dtype=torch.float64)
+        z = _normal((chips, *shape, 2), generator, torch.float32)
+        ratio = z.mul_(noise.coupler_error_std).add_(NOMINAL_SPLIT).clamp_(0.0, 1.0)
+    else:
+        ratio = torch.full((chips, *shape, 2), NOMINAL_SPLIT, dtype=torch.float64)
     if noise.loss_db_std > 0:
-        loss = (loss + noise.loss_db_std * torch.randn(loss.shape, generator=generator, dtype=torch.float64)).clamp_min(0.0)
+        z = _normal((chips, *shape), generator, torch.float32)
+        loss = z.mul_(noise.loss_db_std).add_(noise.loss_db_per_mzi).clamp_min_(0.0)
+    else:
+        loss = torch.full((chips, *shape), float(noise.loss_db_per_mzi), dtype=torch.float64)
     return AttenuatorErrors(coupler_ratio=ratio, loss_db=loss)
 
 
@@ -92,10 +101,19 @@ def quantize_phase(phase: Tensor, bits: int | None) -> Tensor:
 
 
 def attenuator_field(
-    transmission: Tensor, noise: MeshNoise, errors: AttenuatorErrors, generator: torch.Generator, draws: int
+    transmission: Tensor,
+    noise: MeshNoise,
+    errors: AttenuatorErrors,
+    generator: torch.Generator,
+    draws: int,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """Complex field transmission of attenuator columns, (..., m) in [0, 1] -> (draws, ..., m), nominal loss removed."""
-    theta = quantize_phase(2.0 * torch.arcsin(transmission.to(torch.float64).clamp(0.0, 1.0)), noise.phase_bits)
+    """Complex field transmission of attenuator columns, (..., m) in [0, 1] -> (draws, ..., m), nominal loss removed.
+
+    Computed in the real `dtype` (float32 gives complex64, float64 complex128). Phase noise: one float32 normal
+    per draw and attenuator, (draws, ..., m), drawn after the fabrication errors.
+    """
+    theta = quantize_phase(2.0 * torch.arcsin(transmission.to(dtype).clamp(0.0, 1.0)), noise.phase_bits)
     if noise.crosstalk > 0:
         wrapped = torch.remainder(theta, TWO_PI)
         neighbours = torch.zeros_like(wrapped)
@@ -104,14 +122,15 @@ def attenuator_field(
         theta = theta + noise.crosstalk * neighbours
     theta = theta.expand(draws, *theta.shape)
     if noise.phase_std > 0:
-        theta = theta + noise.phase_std * torch.randn(theta.shape, generator=generator, dtype=torch.float64)
-    c = torch.sqrt(1.0 - errors.coupler_ratio)
-    s = torch.sqrt(errors.coupler_ratio)
+        theta = theta + noise.phase_std * _normal(tuple(theta.shape), generator, dtype)
+    ratio = errors.coupler_ratio.to(dtype)
+    c = torch.sqrt(1.0 - ratio)
+    s = torch.sqrt(ratio)
     cc = c[..., 0] * c[..., 1]
     ss = s[..., 0] * s[..., 1]
     half = theta / 2.0
     field = torch.complex((cc + ss) * torch.sin(half), -(cc - ss) * torch.cos(half))
-    excess_db = errors.loss_db - noise.loss_db_per_mzi
+    excess_db = errors.loss_db.to(dtype) - noise.loss_db_per_mzi
     return field * torch.pow(10.0, -excess_db / 20.0)
 
 
