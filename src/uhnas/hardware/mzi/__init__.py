@@ -2,7 +2,17 @@
 (energy) and the Backend implementation with SVD tiling and constraints (backend)."""
 
 from uhnas.hardware.mzi.backend import FAMILY, MZIBackend, MZIParams
-from uhnas.hardware.mzi.mesh import ChipErrors, MeshNoise, MeshPhases, clements_decompose, mesh_matrix, sample_chip
+from uhnas.hardware.mzi.mesh import (
+    ChipErrors,
+    MeshNoise,
+    MeshPhases,
+    MeshStack,
+    clements_decompose,
+    clements_decompose_many,
+    mesh_matrices,
+    mesh_matrix,
+    sample_chip,
+)
 
 __all__ = [
     "FAMILY",
@@ -11,7 +21,10 @@ __all__ = [
     "MZIParams",
     "MeshNoise",
     "MeshPhases",
+    "MeshStack",
     "clements_decompose",
+    "clements_decompose_many",
+    "mesh_matrices",
     "mesh_matrix",
     "sample_chip",
 ]
