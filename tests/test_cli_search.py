@@ -87,3 +87,27 @@ def test_prompts_render_shows_the_backend_only_when_hardware_aware(variant: str)
     assert result.exit_code == 0, result.output
     system = json.loads(result.stdout)[0]["content"]
     assert ("phase_noise_std" in system) == (variant == "hardware-aware")
+
+
+def test_llm_search_through_the_cli_then_its_replay_with_the_server_gone(tmp_path: Path):
+    """The issue's headline: `uhnas search --method uhnas --llm openai --model M --base-url URL`, then replay."""
+    from fake_llm_server import FakeLLMServer, closed_port_url, http_error
+    from llm_responders import ArchResponder
+
+    from uhnas.llm.cache import CallLog
+    from uhnas.store import RunStore
+
+    tiny = [*TINY, "--backend", "ideal"]
+    with FakeLLMServer(responder=ArchResponder()) as server:
+        server.script(http_error(500), "this is not JSON", http_error(429, headers={"Retry-After": "0"}))
+        live = invoke("search", "--out", tmp_path / "live", "--method", "uhnas", "--llm", "openai", "--model", "fake-model", "--base-url", server.base_url, *tiny, "--json")
+        assert live.exit_code == 0, live.output
+    replay = invoke("search", "--out", tmp_path / "replay", "--method", "uhnas", "--llm", f"replay:{tmp_path / 'live'}", "--model", "fake-model", "--base-url", closed_port_url(), *tiny, "--json")
+    assert replay.exit_code == 0, replay.output
+
+    def trials(out: Path) -> list[tuple]:
+        return sorted((r.generation, r.slot, r.hash, r.operator, r.error, r.energy_nj, r.state) for r in RunStore.open(out).records())
+
+    assert len(trials(tmp_path / "live")) == 6 and trials(tmp_path / "live") == trials(tmp_path / "replay")
+    verdicts = [call.get("meta", {}).get("outcome") for call in CallLog(tmp_path / "live" / "llm.db").calls()]
+    assert "invalid" in verdicts and "valid" in verdicts  # the malformed answer was recorded, then repaired
