@@ -351,3 +351,22 @@ def test_uhnas_with_real_training(tmp_path: Path, server: FakeLLMServer) -> None
     records = check_complete(tmp_path / "run", config)
     assert all(not r.failed and r.evaluation and r.evaluation["epochs"] == 1 for r in records)
     assert result.hypervolume > 0 and np.isfinite(result.hypervolume)
+
+
+def test_a_template_bug_stops_the_run_instead_of_failing_every_slot(tmp_path: Path, server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from uhnas.llm import prompting
+    from uhnas.llm.prompting import PromptError
+
+    real = prompting.render_messages
+
+    def broken(kind: str, context: dict[str, Any], **kwargs: Any) -> list[dict[str, str]]:
+        if kind == "mutate":
+            raise PromptError("template 'mutate' needs context key 'parent'")
+        return real(kind, context, **kwargs)
+
+    monkeypatch.setattr("uhnas.search.operators.llm.render_messages", broken)
+    config = llm_run_config(server.base_url, "evolution.crossover_prob=0")
+    with pytest.raises(PromptError, match="needs context key 'parent'"):
+        run(config, tmp_path / "run")
+    records = open_run(tmp_path / "run").records()
+    assert len(records) == config.population and not any(r.failed for r in records)  # generation 0 kept, no FAIL slots

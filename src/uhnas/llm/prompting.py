@@ -54,7 +54,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from uhnas.llm.errors import one_line
+from uhnas.llm.errors import LLMError, one_line
 
 __all__ = [
     "KINDS",
@@ -102,8 +102,11 @@ _IDENT = re.compile(r"[^A-Za-z0-9_.+-]")
 _LAYERS_TEXT = re.compile(r"[^A-Za-z0-9_. |:+-]")
 
 
-class PromptError(ValueError):
-    """A prompt cannot be rendered: unknown kind or variant, or a context key the template needs is missing."""
+class PromptError(LLMError, ValueError):
+    """A prompt cannot be rendered: unknown kind or variant, or a context key the template needs is missing.
+
+    An LLMError, so a template bug stops a search (like a spent budget) instead of failing slot after slot.
+    """
 
 
 # --- sanitising untrusted text -------------------------------------------------------------------------------

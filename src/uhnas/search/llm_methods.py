@@ -52,7 +52,7 @@ from uhnas.hardware.registry import load_backend
 from uhnas.llm.cache import ResponseCache
 from uhnas.llm.client import LLMClient, LLMConfig, PriceTable
 from uhnas.llm.errors import LLMError
-from uhnas.llm.prompting import PromptError, llmatic_instructions
+from uhnas.llm.prompting import llmatic_instructions
 from uhnas.search.methods import NSGA2, MethodSetup, SearchMethod, nsga2_survival
 from uhnas.search.operators.base import OperatorContext, Proposal
 from uhnas.search.operators.llm import LLMOperator
@@ -174,52 +174,32 @@ def _close(client: LLMClient) -> None:
 # ----------------------------------------------------------------------------- shared method behaviour
 
 
-_FATAL = (LLMError, PromptError)  # ProposalFailed never gets here: the operator turns it into ProposalError
-
-
 class _LLMMethod:
-    """Stops the run on client errors, forwards refusals to the operator, closes the client when done."""
+    """Forwards refusals to the operator and closes the client when the engine is done with the method.
+
+    Client errors (budget spent, retries exhausted, replay diverged, template bugs) are LLMErrors: the engine
+    re-raises them from propose_slot, which stops the run with every completed trial stored.
+    """
 
     name = "llm"
 
     def __init__(self, operator: LLMOperator) -> None:
         self.operator = operator
-        self._fatal: BaseException | None = None
         self._finalizer = weakref.finalize(self, _close, operator.client)
 
-    def propose(self, context: OperatorContext) -> Proposal:
-        try:
-            return self._propose(context)
-        except _FATAL as exc:
-            self._fatal = exc  # the engine re-raises LLM stop errors itself; this also stops on template bugs (PromptError)
-            raise
-
-    def _propose(self, context: OperatorContext) -> Proposal:
-        raise NotImplementedError
-
     def rejected(self, context: OperatorContext, proposal: Proposal | None, reason: str) -> None:
-        """A client error (budget, retries, replay miss, ...) stops the run; other refusals are forgotten."""
-        fatal, self._fatal = self._fatal, None
-        if fatal is not None:
-            self.close()
-            raise fatal
+        """The engine refused the last proposal for this slot; the operator forgets it."""
         self.operator.rejected(context)
 
     def observe(self, records: Sequence[TrialRecord]) -> None:
         """Results are read from the context."""
 
     def reflect(self, context: OperatorContext) -> dict[str, Any] | None:
-        """The operator's notes (uhnas) or None; the client is closed after the last generation."""
-        try:
-            note = self._reflect(context)
-        except BaseException:
-            self.close()
-            raise
+        """The operator's notes (uhnas) or None, with the LLM usage so far."""
+        note = self._reflect(context)
         usage = self.operator.client.usage.total
         note = {**(note or {}), "llm_usage": {"calls": usage.calls, "failed": usage.failed,
                                               "tokens": usage.total_tokens, "replayed_calls": usage.replayed_calls}}
-        if context.generation >= context.generations:
-            self.close()
         return note
 
     def _reflect(self, context: OperatorContext) -> dict[str, Any] | None:
@@ -239,7 +219,7 @@ class UHNAS(_LLMMethod):
         super().__init__(operator)
         self.nsga2 = NSGA2(operator, crossover_prob)
 
-    def _propose(self, context: OperatorContext) -> Proposal:
+    def propose(self, context: OperatorContext) -> Proposal:
         return self.nsga2.propose(context)
 
     def survive(self, candidates: Sequence[TrialRecord], size: int) -> list[TrialRecord]:
@@ -300,7 +280,7 @@ class LLMatic(_LLMMethod):
         archive = map_elites(records, self.cell)
         return [archive[c] for c in sorted(archive)]
 
-    def _propose(self, context: OperatorContext) -> Proposal:
+    def propose(self, context: OperatorContext) -> Proposal:
         elites = self.elites(context.history)
         if context.generation == 0 or not elites:
             return self.operator.initialize_generic(context)
@@ -325,7 +305,7 @@ class Genius(_LLMMethod):
 
     name = "genius"
 
-    def _propose(self, context: OperatorContext) -> Proposal:
+    def propose(self, context: OperatorContext) -> Proposal:
         fallback = self.operator.fallback_if_due(context)  # the initial population's conventional top-up
         if fallback is not None:
             return fallback
