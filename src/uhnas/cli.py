@@ -379,6 +379,15 @@ def search(
         console.print(f"hypervolume {result.hypervolume:.4f}; plot {plot}; dashboard: optuna-dashboard sqlite:///{run_dir}/study.db")
 
 
+def _open_run(out: Path) -> Any:
+    """The run store in `out`, or a one-line error when there is none."""
+    from uhnas.store import RunStore
+
+    if not RunStore.exists(out):
+        raise CLIError(f"{out}: no run here (no study.db)")
+    return RunStore.open(out)
+
+
 @app.command()
 def status(
     out: Annotated[Path, typer.Argument(help="Run directory.")],
@@ -386,11 +395,7 @@ def status(
 ) -> None:
     """Progress of a run: trials against the budget, failures, generation, hypervolume, front size."""
     with cli_errors():
-        from uhnas.store import RunStore
-
-        if not RunStore.exists(out):
-            raise CLIError(f"{out}: no run here (no study.db)")
-        data = RunStore.open(out).status().to_dict()
+        data = _open_run(out).status().to_dict()
         if as_json:
             _print_json(data)
             return
@@ -409,11 +414,7 @@ def pareto(
 ) -> None:
     """The feasible Pareto front of a run: hash, error, energy, parameters, layers."""
     with cli_errors():
-        from uhnas.store import RunStore
-
-        if not RunStore.exists(out):
-            raise CLIError(f"{out}: no run here (no study.db)")
-        rows = _front_rows(RunStore.open(out).front())
+        rows = _front_rows(_open_run(out).front())
         if as_json:
             _print_json(rows)
             return

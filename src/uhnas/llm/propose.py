@@ -53,37 +53,10 @@ class Attempt:
         return not self.errors
 
 
-@dataclass(frozen=True)
-class Proposal:
-    """A validated object from the model, the answer it came from, and every attempt it took."""
+class _AttemptTotals:
+    """Repairs and tokens of a proposal, derived from its attempts."""
 
-    data: dict[str, Any]
-    text: str
-    call_id: int
     attempts: tuple[Attempt, ...]
-    messages: tuple[dict[str, Any], ...] = field(repr=False, default=())  # the final conversation
-
-    @property
-    def repairs(self) -> int:
-        """Repair rounds needed (0 = valid at once)."""
-        return len(self.attempts) - 1
-
-    @property
-    def tokens(self) -> int:
-        """Prompt and completion tokens over all attempts."""
-        return sum(a.prompt_tokens + a.completion_tokens for a in self.attempts)
-
-
-@dataclass(frozen=True)
-class ProposalBatch:
-    """The valid objects of a batch answer (at most `count`), the rejected ones' errors, and every attempt."""
-
-    items: tuple[dict[str, Any], ...]
-    rejected: tuple[tuple[int, tuple[str, ...]], ...]  # (index in the accepted answer, errors)
-    text: str
-    call_id: int
-    attempts: tuple[Attempt, ...]
-    messages: tuple[dict[str, Any], ...] = field(repr=False, default=())
 
     @property
     def repairs(self) -> int:
@@ -94,6 +67,29 @@ class ProposalBatch:
     def tokens(self) -> int:
         """Prompt and completion tokens over all attempts."""
         return sum(a.prompt_tokens + a.completion_tokens for a in self.attempts)
+
+
+@dataclass(frozen=True)
+class Proposal(_AttemptTotals):
+    """A validated object from the model, the answer it came from, and every attempt it took."""
+
+    data: dict[str, Any]
+    text: str
+    call_id: int
+    attempts: tuple[Attempt, ...]
+    messages: tuple[dict[str, Any], ...] = field(repr=False, default=())  # the final conversation
+
+
+@dataclass(frozen=True)
+class ProposalBatch(_AttemptTotals):
+    """The valid objects of a batch answer (at most `count`), the rejected ones' errors, and every attempt."""
+
+    items: tuple[dict[str, Any], ...]
+    rejected: tuple[tuple[int, tuple[str, ...]], ...]  # (index in the accepted answer, errors)
+    text: str
+    call_id: int
+    attempts: tuple[Attempt, ...]
+    messages: tuple[dict[str, Any], ...] = field(repr=False, default=())
 
 
 class ProposalFailed(LLMError):
