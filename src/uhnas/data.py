@@ -70,7 +70,6 @@ IDX_FILES: tuple[str, ...] = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABE
 
 IDX_IMAGES_MAGIC = 0x00000803  # 2051: unsigned bytes, 3 dimensions (LeCun's IDX format)
 IDX_LABELS_MAGIC = 0x00000801  # 2049: unsigned bytes, 1 dimension
-IDX_UBYTE = 0x08  # IDX type code of unsigned bytes
 
 DOWNLOAD_TIMEOUT_S = 60.0  # seconds per connection attempt
 DOWNLOAD_CHUNK_BYTES = 1 << 20

@@ -21,7 +21,7 @@ from uhnas.data import Dataset, load_dataset, resolve_device
 from uhnas.hardware.base import Backend, RealizedModel, total_violation
 from uhnas.hardware.registry import load_backend
 from uhnas.seeding import derive_seed, torch_generator
-from uhnas.train import TrainConfig, evaluate_accuracy, train
+from uhnas.train import TrainConfig, train
 
 MC_ROWS_PER_CHUNK = 1 << 15  # draws x samples per realised forward pass: bounds memory of the MC evaluation
 P5 = 0.05  # the low quantile reported as `p5`
@@ -160,4 +160,4 @@ def evaluate(
     return result
 
 
-__all__ = ["Evaluation", "NoisyAccuracy", "evaluate", "evaluate_accuracy", "noisy_accuracy", "summarize_draws"]
+__all__ = ["Evaluation", "NoisyAccuracy", "evaluate", "noisy_accuracy", "summarize_draws"]

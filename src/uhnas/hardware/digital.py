@@ -8,7 +8,6 @@ Digital devices are deterministic: every Monte-Carlo draw gives the same result.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,7 +15,7 @@ from torch import Tensor
 
 from uhnas.arch import ArchSummary, MatMul, Network, Program
 from uhnas.hardware.base import BackendCard, EnergyReport, RealizedModel, Violation
-from uhnas.hardware.precision import BYTES_PER_VALUE, round_to, straight_through
+from uhnas.hardware.precision import BYTES_PER_VALUE, Precision, round_to, straight_through
 from uhnas.hardware.registry import BackendFamily, Preset, validate_params
 
 PJ_PER_NJ = 1000.0
@@ -26,7 +25,7 @@ class DigitalParams(BaseModel):
     """Constants of a digital backend (units in the field names)."""
 
     model_config = ConfigDict(extra="forbid")
-    precision: Literal["fp32", "fp16", "bf16", "int8"]
+    precision: Precision
     energy_per_mac_pj: float = Field(gt=0)
     energy_per_op_pj: float = Field(ge=0)
     weight_memory_pj_per_byte: float = Field(ge=0)

@@ -214,13 +214,10 @@ class CallLog:
         with self._lock:
             return _row_to_answer(self._conn.execute(_ANSWER_SQL, (key, occurrence)).fetchone())
 
-    def link_answer(self, key: str, occurrence: int, call_id: int, *, replace: bool) -> None:
-        """Make call `call_id` the answer of (key, occurrence); keep an existing link unless `replace`."""
-        with self._lock, self._conn:
-            self._link(key, occurrence, call_id, replace=replace)
-
     def _link(self, key: str, occurrence: int, call_id: int, *, replace: bool) -> None:
-        """link_answer's statement; the caller holds the lock and the transaction."""
+        """Make call `call_id` the answer of (key, occurrence), keeping an existing link unless `replace`.
+
+        The caller holds the lock and the transaction."""
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         sql = f"{verb} INTO answers (key, occurrence, call_id) VALUES (?, ?, ?)"
         self._conn.execute(sql, (key, occurrence, call_id))
