@@ -2,9 +2,9 @@
 
 The seam: every linear or conv layer is a `MatMul` module. Normally it runs as torch's own linear /
 conv. When a hardware backend attaches a *program* to it, the layer instead hands its input as rows
-of a matrix product — shape (draws, rows, in_features), with conv inputs unfolded by im2col — to the
-program, which returns (draws, rows, out_features) as the device computes it (noise, quantisation,
-tiling, ...). The rest of the network (activations, pooling, batchnorm) runs digitally on the batch
+of a matrix product — shape (draws, rows, in_features), with conv inputs unfolded by im2col (a strided
+view; programs must accept any strides) — to the program, which returns (draws, rows, out_features) as the
+device computes it (noise, quantisation, tiling, ...). The rest of the network (activations, pooling, batchnorm) runs digitally on the batch
 with draws folded into it, so one forward pass evaluates `draws` Monte-Carlo realisations at once.
 """
 
@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uhnas.arch.model import (
@@ -97,14 +96,21 @@ class MatMul(nn.Module):
             rows = x.reshape(self.draws, -1, x.shape[-1])
             return self.program(rows).reshape(x.shape[0], -1)
         conv = self.op
-        batch, _, height, width = x.shape
+        batch, channels, height, width = x.shape
         kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         h_out = (height + 2 * padding - kernel) // stride + 1
         w_out = (width + 2 * padding - kernel) // stride + 1
-        cols = F.unfold(x, kernel_size=kernel, padding=padding, stride=stride)  # (batch, C*k*k, L)
-        rows = cols.transpose(1, 2).reshape(self.draws, -1, cols.shape[1])
-        out = self.program(rows)  # (draws, batch/draws * L, out_channels)
-        out = out.reshape(batch, h_out * w_out, -1).transpose(1, 2)
+        per_draw = batch // self.draws
+        # im2col with the batch innermost: (draws B, C, H, W) -> zero-padded (C, draws, H', W', B), whose k x k
+        # windows copy as long contiguous runs into (C k k, draws, L B); the program gets rows as a (draws, L B, C k k)
+        # view of that, vectors ordered (output pixel, image) within a draw (a program maps each row on its own)
+        padded = x.new_zeros((channels, self.draws, height + 2 * padding, width + 2 * padding, per_draw))
+        padded[:, :, padding : padding + height, padding : padding + width] = x.view(
+            self.draws, per_draw, channels, height, width).permute(2, 0, 3, 4, 1)
+        windows = padded.unfold(2, kernel, stride).unfold(3, kernel, stride)  # (C, draws, h_out, w_out, B, k, k)
+        cols = windows.permute(0, 5, 6, 1, 2, 3, 4).reshape(channels * kernel * kernel, self.draws, -1)
+        out = self.program(cols.permute(1, 2, 0))  # (draws, h_out w_out B, out_channels)
+        out = out.reshape(self.draws, h_out, w_out, per_draw, -1).permute(0, 3, 4, 1, 2)
         return out.reshape(batch, -1, h_out, w_out)
 
 
