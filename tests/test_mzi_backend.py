@@ -177,13 +177,15 @@ def _fused_and_plain(backend: MZIBackend, rows: torch.Tensor, sigma: float) -> t
         _Inference,
         _inference_forward,
         _layout,
+        _normal_fill,
         _tiled_forward,
     )
 
     layer = _net(MLP).matmuls()[0]
     mapped = backend._mapped(layer)
     blocks = backend._noisy_blocks(mapped, rows.shape[0], _gen(0))
-    fused = _inference_forward(rows, _Inference.build(blocks, mapped, backend.params, sigma), _gen(2))
+    fused = _inference_forward(rows, _Inference.build(blocks, mapped, backend.params, sigma),
+                               _normal_fill(torch.device("cpu"), 2))
     with torch.no_grad():
         plain = _tiled_forward(rows, _layout(blocks.contiguous()), mapped, backend.params, sigma, _gen(3), train=True)
     k = backend.params.mesh_size

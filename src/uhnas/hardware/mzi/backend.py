@@ -23,6 +23,7 @@ rounding in ADC steps, chunked so that every pass stays in cache; noise-aware tr
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from uhnas.hardware.mzi import energy
 from uhnas.hardware.mzi.mesh import MeshNoise, MeshStack, clements_decompose_many, mesh_matrices
 from uhnas.hardware.mzi.noise import adc, attenuator_field, dac, detect, detector_relative_noise, sample_attenuators
 from uhnas.hardware.registry import BackendFamily, Preset, validate_params
+from uhnas.hardware.sampling import NormalStream
 
 
 class MZIParams(BaseModel):
@@ -268,21 +270,36 @@ class MZIBackend:
     def _program(self, layer: MatMul, mapped: _Mapped, blocks: Tensor, seed: int) -> Program:
         """rows (draws, n, in) -> (draws, n, out) through fixed blocks; detector noise seeded by `seed`."""
         fixed = _Inference.build(blocks, mapped, self.params, self.detector_sigma)
-        per_device: dict[torch.device, tuple[_Inference, torch.Generator]] = {}
+        per_device: dict[torch.device, tuple[_Inference, NormalFill]] = {}
         bias = None if layer.bias is None else layer.bias.detach()
 
         def run(rows: Tensor) -> Tensor:
             device = rows.device
             if device not in per_device:
-                per_device[device] = (fixed.to(device), torch.Generator(device=device).manual_seed(seed))
-            consts, generator = per_device[device]
+                per_device[device] = (fixed.to(device), _normal_fill(device, seed))
+            consts, fill_normal = per_device[device]
             with torch.no_grad():
-                out = _inference_forward(rows, consts, generator)
+                out = _inference_forward(rows, consts, fill_normal)
                 if bias is not None:
                     out.add_(bias.to(out.device, out.dtype))
             return out.to(rows.dtype)
 
         return run
+
+
+NormalFill = Callable[[Tensor], Tensor]
+"""Overwrites a buffer with standard normal samples (the detector noise source of one realised layer)."""
+
+
+def _normal_fill(device: torch.device, seed: int) -> NormalFill:
+    """The detector-noise source of a realised layer on `device`, seeded: on a CPU a fast discretised-normal stream
+    (`uhnas.hardware.sampling`; float32 buffers), elsewhere torch's generator of that device."""
+    if device.type == "cpu":
+        stream = NormalStream(seed)
+        generator = torch.Generator().manual_seed(seed)  # float64 buffers (complex128 simulations): exact normals
+        return lambda out: stream.fill_(out) if out.dtype == torch.float32 else out.normal_(generator=generator)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return lambda out: out.normal_(generator=generator)
 
 
 @dataclass(frozen=True)
@@ -342,7 +359,7 @@ class _Inference:
                           self.dac_levels, self.adc_levels, self.noisy)
 
 
-def _inference_forward(rows: Tensor, layer: _Inference, generator: torch.Generator) -> Tensor:
+def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill) -> Tensor:
     """DAC -> optical blocks -> detector noise -> ADC -> digital rescale and accumulation (no bias), no autograd.
 
     rows (D, n, in) -> (D, n, out) in the blocks' dtype: the model of `_tiled_forward` (see `_Inference`),
@@ -386,7 +403,7 @@ def _inference_forward(rows: Tensor, layer: _Inference, generator: torch.Generat
             y = ybuf[: draws * width * m].view(draws, width, m)
             torch.bmm(weights[c], codes[c].transpose(0, 1), out=y)  # partial sums in ADC steps
             if zbuf is not None:
-                z = zbuf[: draws * width * m].view(draws, width, m).normal_(generator=generator)
+                z = fill_normal(zbuf[: draws * width * m].view(draws, width, m))
                 y.addcmul_(z, layer.noise_std[c])
             if layer.adc_levels is not None:
                 y.round_().clamp_(-layer.adc_levels, layer.adc_levels)
