@@ -226,3 +226,17 @@ def test_examples_are_valid(name):
     arch = load_architecture(f"examples/{name}.json")
     assert analyze(arch, *DIGITS).layers[-1].out_shape == (10,)  # raises ArchitectureError when invalid
     assert analyze(arch, *MNIST).layers[-1].out_shape == (10,)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "size"), [(2, None, 8), (3, None, 7), (3, 2, 9), (2, 1, 5), (4, 3, 11)])
+def test_max_pool_without_autograd_equals_torch_max_pool(kernel: int, stride: int | None, size: int) -> None:
+    from uhnas.arch.build import FastMaxPool2d
+
+    pool = FastMaxPool2d(kernel, stride or kernel)
+    x = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(size))
+    with torch.no_grad():
+        fast = pool(x)
+    assert torch.equal(fast, torch.nn.functional.max_pool2d(x, kernel, stride or kernel))
+    grad = x.clone().requires_grad_()
+    pool(grad).sum().backward()  # with autograd: torch's kernel, one gradient per window
+    assert grad.grad is not None and float(grad.grad.sum()) == fast.numel()

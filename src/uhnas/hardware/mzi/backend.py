@@ -367,7 +367,8 @@ def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill)
     vector axis: the chunk is copied once into a zero-padded (C K, D, m) buffer; each tile's input scale is an
     elementwise max over its K planes, the DAC codes are made in place; per column tile one batched matmul
     gives the partial sums as (D, out, m), then one noise draw and in-place ADC and accumulation, on cache-sized
-    buffers. The result is transposed once at the end.
+    buffers. The result is transposed once at the end. Rows shared by every draw (a stride-0 draw axis: the
+    network's first device layer) are scaled and converted once, and all draws' blocks meet them in one product.
     """
     draws, n, cols = rows.shape
     weights = layer.weights
@@ -376,9 +377,11 @@ def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill)
     result = torch.empty((draws, width, n), dtype=dtype, device=device)
     if n == 0:
         return result.transpose(1, 2)
+    shared = draws > 1 and rows.stride(0) == 0  # the same inputs for every draw: scale and DAC them once
+    x_draws = 1 if shared else draws
     budget = CPU_CHUNK_ELEMENTS if device.type == "cpu" else max(1, ROWS_PER_CHUNK_ELEMENTS // c_tiles)
     chunk = min(n, max(MIN_CHUNK_VECTORS, budget // (draws * max(width, c_tiles * k))))
-    xbuf = torch.empty((c_tiles * k, draws, chunk), dtype=dtype, device=device)
+    xbuf = torch.empty((c_tiles * k, x_draws, chunk), dtype=dtype, device=device)
     xbuf[cols:].zero_()  # padding rows stay 0
     abuf = torch.empty_like(xbuf)
     ybuf = torch.empty(draws * width * chunk, dtype=dtype, device=device)
@@ -387,21 +390,24 @@ def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         x = xbuf[:, :, :m]
-        x[:cols].copy_(rows[:, start : start + m].permute(2, 0, 1))
-        mag = torch.abs(x, out=abuf[:, :, :m]).view(c_tiles, k, draws, m)
+        x[:cols].copy_(rows[:x_draws, start : start + m].permute(2, 0, 1))
+        mag = torch.abs(x, out=abuf[:, :, :m]).view(c_tiles, k, x_draws, m)
         left = k
         while left > 1:  # max over each tile's K planes, folded in halves
             half = left // 2
             torch.maximum(mag[:, :half], mag[:, left - half : left], out=mag[:, :half])
             left -= half
-        scale = mag[:, 0].clamp_min_(tiny)  # (C, D, m): per vector and column tile
-        codes = x.view(c_tiles, k, draws, m).div_(scale[:, None])  # |x / s| <= 1 exactly (IEEE division)
+        scale = mag[:, 0].clamp_min_(tiny)  # (C, D or 1, m): per vector and column tile
+        codes = x.view(c_tiles, k, x_draws, m).div_(scale[:, None])  # |x / s| <= 1 exactly (IEEE division)
         if layer.dac_levels is not None:  # so round(L x / s) needs no clamp to [-L, L]
             codes.mul_(layer.dac_levels).round_()
         acc = result[:, :, start : start + m]
         for c in range(c_tiles):
             y = ybuf[: draws * width * m].view(draws, width, m)
-            torch.bmm(weights[c], codes[c].transpose(0, 1), out=y)  # partial sums in ADC steps
+            if shared:  # partial sums in ADC steps: every draw's blocks times the same codes, one product
+                torch.mm(weights[c].view(draws * width, k), codes[c, :, 0], out=y.view(draws * width, m))
+            else:
+                torch.bmm(weights[c], codes[c].transpose(0, 1), out=y)
             if zbuf is not None:
                 z = fill_normal(zbuf[: draws * width * m].view(draws, width, m))
                 y.addcmul_(z, layer.noise_std[c])
