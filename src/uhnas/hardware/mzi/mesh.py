@@ -67,6 +67,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uhnas.hardware.sampling import NormalStream
+
 __all__ = [
     "ChipErrors",
     "MeshLayout",
@@ -462,8 +464,11 @@ class ChipErrors:
 
 
 def _normal(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Standard normal samples drawn in float32 on the CPU (~5x faster than float64; ample for error models)."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype)
+    """Standard normal samples for error models, in float32 on the CPU: a discretised-normal stream
+    (`uhnas.hardware.sampling`, 2-3x faster than torch's normal_) seeded by one draw from ``generator``."""
+    seed = int(torch.randint(0, 1 << 62, (1,), generator=generator))
+    out = NormalStream(seed).fill_(torch.empty(shape, dtype=torch.float32))
+    return out if dtype == torch.float32 else out.to(dtype)
 
 
 def sample_chip(
@@ -471,7 +476,8 @@ def sample_chip(
 ) -> ChipErrors:
     """Sample fabrication errors (coupler ratios, per-MZI loss) for one chip, or ``draws`` independent chips.
 
-    Sampled values are float32 (their spread, ~1e-2, dwarfs float32 rounding); error-free values are exact float64
+    Sampled values are float32 (their spread, ~1e-2, dwarfs float32 rounding), their normals from a discretised-normal
+    stream seeded by one draw from ``generator`` per error kind (`uhnas.hardware.sampling`); error-free values are exact float64
     nominals, so a mesh without spread stays exact in double precision. A ChipErrors built by hand may use any
     real dtype.
     """
@@ -676,20 +682,22 @@ def _gate_table(
     ct, st, cp, sp = torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi)
     cb, sb = torch.cos(both), torch.sin(both)  # (as cheap as two products each; contiguous temporaries, then
     re, im = theta.new_empty((rows, *batch)), theta.new_empty((rows, *batch))  # one interleave: measured fastest)
+    # imaginary parts negated in place when conjugates are asked for (cheaper than conjugating the table)
     torch.mul(cc, cb, out=re).addcmul_(rr, cp, value=-1.0)  # T00
-    torch.mul(cc, sb, out=im).addcmul_(rr, sp, value=-1.0)
+    if conj:
+        torch.mul(rr, sp, out=im).addcmul_(cc, sb, value=-1.0)
+    else:
+        torch.mul(cc, sb, out=im).addcmul_(rr, sp, value=-1.0)
     torch.complex(re, im, out=table[0, 0])
     torch.mul(rc, st, out=re).neg_()  # T01
     torch.mul(rc, ct, out=im).add_(cr)
-    torch.complex(re, im, out=table[0, 1])
+    torch.complex(re, im.neg_() if conj else im, out=table[0, 1])
     torch.mul(cr, sb, out=re).addcmul_(rc, sp).neg_()  # T10
     torch.mul(cr, cb, out=im).addcmul_(rc, cp)
-    torch.complex(re, im, out=table[1, 0])
+    torch.complex(re, im.neg_() if conj else im, out=table[1, 0])
     torch.mul(rr, ct, out=re).neg_().add_(cc)  # T11
-    torch.mul(rr, st, out=im).neg_()
-    torch.complex(re, im, out=table[1, 1])
-    if conj:
-        torch.conj_physical(table, out=table)
+    torch.mul(rr, st, out=im)
+    torch.complex(re, im if conj else im.neg_(), out=table[1, 1])
     if fixed_rows.numel():
         fixed = table.new_zeros((2, 2, fixed_rows.shape[0], *batch))
         fixed[0, 0] = fixed_diag[:, 0]
