@@ -753,24 +753,21 @@ def _build_columns(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
     g0 = gates(0)
     blocks = torch.diagonal(bufs[0].view(half, 2, half, 2, batch), dim1=0, dim2=2)  # (2, 2, batch, half)
     blocks.copy_(g0.transpose(2, 3))
-    tmp = table.new_empty((half, ring, batch))
     cur = 0
     for q in range(1, columns):
         src, dst = bufs[cur], bufs[1 - cur]
         g = gates(q)[:, :, :, None]  # (2, 2, half, 1, batch)
         if q % 2 == 0:
-            pairs_src, pairs_dst, t = src.view(half, 2, ring, batch), dst.view(half, 2, ring, batch), tmp
+            pairs_src, pairs_dst = src.view(half, 2, ring, batch), dst.view(half, 2, ring, batch)
         else:  # seam pair (ring-1, 0) is idle: diagonal
             torch.mul(src[ring - 1], g[0, 0, half - 1], out=dst[ring - 1])
             torch.mul(src[0], g[1, 1, half - 1], out=dst[0])
             pairs_src = src[1 : ring - 1].view(half - 1, 2, ring, batch)
             pairs_dst = dst[1 : ring - 1].view(half - 1, 2, ring, batch)
-            t, g = tmp[: half - 1], g[:, :, : half - 1]
+            g = g[:, :, : half - 1]
         top, bot = pairs_src[:, 0], pairs_src[:, 1]
-        torch.mul(top, g[0, 0], out=pairs_dst[:, 0])
-        pairs_dst[:, 0].add_(torch.mul(bot, g[0, 1], out=t))
-        torch.mul(bot, g[1, 1], out=pairs_dst[:, 1])
-        pairs_dst[:, 1].add_(torch.mul(top, g[1, 0], out=t))
+        torch.mul(top, g[0, 0], out=pairs_dst[:, 0]).addcmul_(bot, g[0, 1])
+        torch.mul(bot, g[1, 1], out=pairs_dst[:, 1]).addcmul_(top, g[1, 0])
         cur = 1 - cur
     return bufs[cur]
 
