@@ -367,7 +367,7 @@ def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill)
     vector axis: the chunk is copied once into a zero-padded (C K, D, m) buffer; each tile's input scale is an
     elementwise max over its K planes, the DAC codes are made in place; per column tile one batched matmul
     gives the partial sums as (D, out, m), then one noise draw and in-place ADC and accumulation, on cache-sized
-    buffers. The result is transposed once at the end. Rows shared by every draw (a stride-0 draw axis: the
+    buffers. The result is returned as a transposed view (callers reshape it anyway). Rows shared by every draw (a stride-0 draw axis: the
     network's first device layer) are scaled and converted once, and all draws' blocks meet them in one product.
     """
     draws, n, cols = rows.shape
@@ -386,6 +386,7 @@ def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill)
     abuf = torch.empty_like(xbuf)
     ybuf = torch.empty(draws * width * chunk, dtype=dtype, device=device)
     zbuf = torch.empty_like(ybuf) if layer.noisy else None
+    ubuf = torch.empty(width * chunk, dtype=dtype, device=device) if shared else None
     tiny = torch.finfo(dtype).tiny
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
@@ -413,12 +414,16 @@ def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill)
                 y.addcmul_(z, layer.noise_std[c])
             if layer.adc_levels is not None:
                 y.round_().clamp_(-layer.adc_levels, layer.adc_levels)
-            y.mul_(layer.out_scale[c])
-            if c == 0:
-                torch.mul(y, scale[c][:, None], out=acc)
+            if shared:  # ADC step times input scale per (output, vector): 1/draws of y's size, saves a pass
+                unit = torch.mul(layer.out_scale[c], scale[c], out=ubuf[: width * m].view(width, m))
             else:
-                acc.addcmul_(y, scale[c][:, None])
-    return result.transpose(1, 2).contiguous()
+                unit = scale[c][:, None]
+                y.mul_(layer.out_scale[c])
+            if c == 0:
+                torch.mul(y, unit, out=acc)
+            else:
+                acc.addcmul_(y, unit)
+    return result.transpose(1, 2)
 
 
 def _layout(blocks: Tensor) -> Tensor:
