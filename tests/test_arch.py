@@ -240,3 +240,31 @@ def test_max_pool_without_autograd_equals_torch_max_pool(kernel: int, stride: in
     grad = x.clone().requires_grad_()
     pool(grad).sum().backward()  # with autograd: torch's kernel, one gradient per window
     assert grad.grad is not None and float(grad.grad.sum()) == fast.numel()
+
+
+def test_conv_rows_reach_programs_shared_across_draws_and_strided() -> None:
+    """The first conv with a program gets its im2col rows once for all draws (a stride-0 draw axis); a later
+    one gets per-draw rows; both as views that programs must accept, and the network output is unchanged."""
+    arch = parse_architecture({"layers": [
+        {"type": "conv2d", "out_channels": 3, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
+        {"type": "conv2d", "out_channels": 2, "kernel": 3, "stride": 2}, {"type": "flatten"},
+        {"type": "linear", "out_features": 4}]})
+    model = build(arch, (2, 7, 7), 4, seed=0).eval()
+    x = torch.randn(5, 2, 7, 7, generator=torch.Generator().manual_seed(1))
+    seen: list[torch.Tensor] = []
+
+    def exact(layer):  # the plain product, recording what it was given
+        def run(rows: torch.Tensor) -> torch.Tensor:
+            seen.append(rows)
+            return rows @ layer.matrix().T + (0 if layer.bias is None else layer.bias)
+        return run
+
+    with torch.no_grad():
+        out = forward_draws(model, {m.index: exact(m) for m in model.matmuls()}, 3, x)
+        plain = model(x)
+    assert out.shape == (3, 5, 4)
+    assert torch.allclose(out, plain.expand(3, -1, -1), atol=1e-5)
+    first, second, last = seen
+    assert first.shape == (3, 5 * 49, 18) and first.stride(0) == 0  # shared: the images once
+    assert second.shape == (3, 5 * 9, 27) and second.stride(0) != 0 and not second.is_contiguous()
+    assert last.shape == (3, 5, 18)

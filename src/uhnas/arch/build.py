@@ -130,7 +130,7 @@ class MatMul(nn.Module):
         # windows copy as long contiguous runs into (C k k, draws, L B); the program gets rows as a (draws, L B, C k k)
         # view of that, vectors ordered (output pixel, image) within a draw (a program maps each row on its own)
         padded = x.new_zeros((channels, x_draws, height + 2 * padding, width + 2 * padding, per_draw))
-        padded[:, :, padding : padding + height, padding : padding + width] = x.view(
+        padded[:, :, padding : padding + height, padding : padding + width] = x.reshape(
             x_draws, per_draw, channels, height, width).permute(2, 0, 3, 4, 1)
         windows = padded.unfold(2, kernel, stride).unfold(3, kernel, stride)  # (C, draws, h_out, w_out, B, k, k)
         cols = windows.permute(0, 5, 6, 1, 2, 3, 4).reshape(channels * kernel * kernel, x_draws, -1)
