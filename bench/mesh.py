@@ -7,7 +7,8 @@ Prints ms per noisy n x n matrix (64 draws, every non-ideality on at "typical" m
 Also the time of clements_decompose for n = 64.  Then many meshes of one size at once, as the MZI backend maps a
 layer (M meshes x 32 draws): a loop of per-mesh mesh_matrix calls against one mesh_matrices call on a MeshStack,
 and a loop of clements_decompose against one clements_decompose_many.  Medians of several repeats, in process CPU
-time on a CPU (robust to other processes on a shared machine; wall time on CUDA).
+time on a CPU (robust to other processes on a shared machine; wall time on CUDA).  The process keeps freed memory
+in its heap, as the uhnas command does (uhnas.allocator); `faults/call` counts the page faults that remain.
 
     python bench/mesh.py [--device cuda] [--draws 64] [--sizes 8 16 32 64 128]
 """
@@ -24,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from uhnas.allocator import keep_freed_memory, page_faults
 from uhnas.hardware.mzi.mesh import (
     ChipErrors,
     MeshNoise,
@@ -186,24 +188,27 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
+    tuned = keep_freed_memory()  # as the uhnas command and its workers do (uhnas.allocator)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     global CLOCK
     CLOCK = time.perf_counter if device.type == "cuda" else time.process_time
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"uhnas mesh benchmark: torch {torch.__version__}, {torch.get_num_threads()} thread, device {device}, "
-          f"{args.draws} draws, noise {TYPICAL}")
+          f"{args.draws} draws, noise {TYPICAL}; allocator keeps freed memory: {tuned}")
     print(f"1-minute load average {load:.2f} on {os.cpu_count()} cores"
           + ("  <-- machine is loaded: absolute times are inflated; ratios are measured in the same run" if load > 0.5
              else ""))
     header = (f"{'n':>4} {'ours ms/mat':>12} {'ref ms/mat':>11} {'floor ms/mat':>13} {'ours 64-draw ms':>16} "
-              f"{'speedup vs ref':>15} {'ours/floor':>11} {'max|ours-ref|':>14}")
+              f"{'speedup vs ref':>15} {'ours/floor':>11} {'max|ours-ref|':>14} {'faults/call':>12}")
     print(header)
     draws = args.draws
     for n in args.sizes:
         phases = clements_decompose(haar(n, seed=n))
         gen = torch.Generator().manual_seed(0)
+        faults = page_faults()
         ours = median_ms(lambda: mesh_matrix(phases, draws=draws, noise=TYPICAL, generator=gen, device=device),
                          args.repeats, sync)
+        faults = (page_faults() - faults) / (args.repeats + 1)
         k_total = phases.n_mzi
 
         def ref_run() -> torch.Tensor:
@@ -221,7 +226,7 @@ def main() -> None:
         err = float((mesh_matrix(phases, draws=4, noise=det, chip=chip, device=device)
                      - reference_mesh(phases, det, chip, None, device)).abs().max())
         print(f"{n:>4} {ours / draws:>12.4f} {ref / draws:>11.4f} {floor / draws:>13.5f} {ours:>16.2f} "
-              f"{ref / ours:>14.1f}x {ours / floor:>10.1f}x {err:>14.1e}")
+              f"{ref / ours:>14.1f}x {ours / floor:>10.1f}x {err:>14.1e} {faults:>12.0f}")
     u = haar(64, seed=64)
     dec = median_ms(lambda: clements_decompose(u), 5, lambda: None)
     print(f"clements_decompose n=64: {dec:.1f} ms (median of 5)")

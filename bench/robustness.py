@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from uhnas.allocator import keep_freed_memory
 from uhnas.arch import analyze, build, load_architecture
 from uhnas.data import load_dataset
 from uhnas.evaluate import noisy_accuracy
@@ -63,11 +64,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tuned = keep_freed_memory()  # as the uhnas command and its workers do (uhnas.allocator)
     data = load_dataset("digits")
     backend = load_backend(args.backend)
     images = len(data.y_val)
     print(f"{args.backend}, {args.draws} draws, digits validation ({images} images), {args.threads} thread(s); "
-          f"1-minute load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+          f"1-minute load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; allocator keeps freed memory: {tuned}")
     print(f"each repeat trains, realises, scores and times one normal back to back; ratios are medians of the "
           f"per-repeat ratios, times medians of {args.repeats} (process CPU s; trainer's wall s in brackets)")
     print(f"{'network':<12}{'train s':>9}{'(wall)':>8}{'realize s':>11}{'score s':>9}{'MC / train':>12}"

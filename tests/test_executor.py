@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -55,9 +56,12 @@ def misbehaving_job(job: Job) -> JobResult:
     elif command == "!alloc-huge":
         bytearray(64 << 30)  # 64 GiB at once
     elif command == "!alloc-gradual":  # slow enough for the resident-memory poll to catch it before the address-space cap
-        hoard: list[bytes] = []
-        while len(hoard) < 512:  # up to 8 GiB, 16 MiB at a time, each touched
-            hoard.append(b"x" * (16 << 20))
+        hoard: list[mmap.mmap] = []  # fresh mappings: address space grows only as fast as resident memory, whatever
+        while len(hoard) < 512:  # malloc's policy (uhnas.allocator); up to 8 GiB, 16 MiB at a time, each page touched
+            block = mmap.mmap(-1, 16 << 20)
+            for offset in range(0, 16 << 20, mmap.PAGESIZE):
+                block[offset] = 1
+            hoard.append(block)
             time.sleep(0.02)
     return run_job(job)
 

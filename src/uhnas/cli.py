@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from uhnas.allocator import keep_freed_memory
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -28,6 +30,12 @@ app = typer.Typer(
 )
 arch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The architecture IR: schema and checks.")
 app.add_typer(arch_app, name="arch")
+
+
+@app.callback()
+def _process_setup() -> None:
+    """Before any command: keep freed memory in the heap (simulations reuse tensors of tens of MB; uhnas.allocator)."""
+    keep_freed_memory()
 
 console = Console()
 EXIT_USAGE = 2

@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing import connection, get_context, parent_process
 from typing import TYPE_CHECKING, Any
 
+from uhnas.allocator import keep_freed_memory
+
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
@@ -251,6 +253,7 @@ def _worker_main(
     """Worker loop: set limits, import once, then evaluate jobs from the pipe until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
     _die_with_parent(use_pdeathsig)
+    keep_freed_memory()  # evaluations reuse tensors of tens of MB (uhnas.allocator)
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(torch_threads)
     try:
