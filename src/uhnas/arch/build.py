@@ -3,9 +3,10 @@
 The seam: every linear or conv layer is a `MatMul` module. Normally it runs as torch's own linear /
 conv. When a hardware backend attaches a *program* to it, the layer instead hands its input as rows
 of a matrix product — shape (draws, rows, in_features), with conv inputs unfolded by im2col (a strided
-view; programs must accept any strides) — to the program, which returns (draws, rows, out_features) as the
-device computes it (noise, quantisation, tiling, ...). The rest of the network (activations, pooling, batchnorm) runs digitally on the batch
-with draws folded into it, so one forward pass evaluates `draws` Monte-Carlo realisations at once.
+view; programs must accept any strides) — to the program, which returns (draws, rows, out_features) as
+the device computes it (noise, quantisation, tiling, ...). The rest of the network (activations,
+pooling, batchnorm) runs digitally on the batch with draws folded into it, so one forward pass
+evaluates `draws` Monte-Carlo realisations at once.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class FastMaxPool2d(nn.MaxPool2d):
         k, s = int(self.kernel_size), int(self.stride)  # type: ignore[call-overload]
         rows, cols = (x.shape[-2] - k) // s + 1, (x.shape[-1] - k) // s + 1
         views = [x[..., i : i + s * (rows - 1) + 1 : s, j : j + s * (cols - 1) + 1 : s] for i in range(k) for j in range(k)]
-        out = torch.maximum(views[0], views[1]) if len(views) > 1 else views[0].clone()
+        out = torch.maximum(views[0], views[1])  # the IR's kernels are >= 2
         for view in views[2:]:
             torch.maximum(out, view, out=out)
         return out

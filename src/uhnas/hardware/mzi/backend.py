@@ -367,8 +367,9 @@ def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill)
     vector axis: the chunk is copied once into a zero-padded (C K, D, m) buffer; each tile's input scale is an
     elementwise max over its K planes, the DAC codes are made in place; per column tile one batched matmul
     gives the partial sums as (D, out, m), then one noise draw and in-place ADC and accumulation, on cache-sized
-    buffers. The result is returned as a transposed view (callers reshape it anyway). Rows shared by every draw (a stride-0 draw axis: the
-    network's first device layer) are scaled and converted once, and all draws' blocks meet them in one product.
+    buffers. The result is returned as a transposed view (callers reshape it anyway). Rows shared by every
+    draw (a stride-0 draw axis: the network's first device layer) are scaled and converted once, and all
+    draws' blocks meet them in one product.
     """
     draws, n, cols = rows.shape
     weights = layer.weights
