@@ -671,7 +671,8 @@ def _gate_table(
     rows = theta.shape[0]
     extra = [c.shape[1:] for c in couplers] if couplers is not None else []
     extra += [amp.shape[1:]] if amp is not None else []
-    batch = torch.broadcast_shapes(theta.shape[1:], phi.shape[1:], fixed_diag.shape[2:], *extra)
+    # numpy's broadcast_shapes: torch's imports torch._refs on first use (~0.3-0.6 s per process)
+    batch = np.broadcast_shapes(theta.shape[1:], phi.shape[1:], fixed_diag.shape[2:], *extra)
     table = torch.empty((2, 2, rows, *batch), dtype=cdtype, device=theta.device)
     a = theta.new_ones((1,) * theta.dim()) if amp is None else amp
     if couplers is None:
