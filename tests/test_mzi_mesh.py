@@ -151,7 +151,7 @@ def test_tiled_builder_matches_column_reference(n: int) -> None:
     noise = MeshNoise(phase_std=0.05, phase_bits=6, crosstalk=0.01, loss_db_per_mzi=0.3, loss_db_std=0.1,
                       coupler_error_std=0.03)
     cpu = torch.device("cpu")
-    table, screen, plan = mz._prepare(p, 3, True, noise, None, gen(1), C128, cpu)
+    table, screen, plan, _ = mz._prepare_stack(MeshStack.of([p]), 3, True, noise, None, gen(1), C128, cpu)
     assert plan.tile is not None
     fast = mz._build_tiles(table, plan, screen)
     ref = mz._build_reference(table, plan, screen, conjugated=True)
@@ -165,7 +165,8 @@ def test_tiled_builder_matches_column_reference(n: int) -> None:
 def test_column_builder_matches_column_reference(n: int) -> None:
     """The batch-innermost column builder (meshes with n < 12) equals the plain gather-based column product."""
     p = random_phases(n, seed=n)
-    table, screen, plan = mz._prepare(p, 3, True, FULL_NOISE, None, gen(1), C128, torch.device("cpu"))
+    table, screen, plan, _ = mz._prepare_stack(MeshStack.of([p]), 3, True, FULL_NOISE, None, gen(1), C128,
+                                               torch.device("cpu"))
     assert plan.tile is None
     before = table.clone()
     fast = mz._build_columns(table, plan, screen).permute(2, 0, 1)

@@ -988,22 +988,6 @@ def _prepare_stack(
     return table, screen.view(meshes * per_mesh, plan.ring), plan, per_mesh
 
 
-def _prepare(
-    phases: MeshPhases,
-    n_draws: int,
-    draws_given: bool,
-    noise: MeshNoise,
-    chip: ChipErrors | None,
-    generator: torch.Generator | None,
-    dtype: torch.dtype,
-    dev: torch.device,
-) -> tuple[Tensor, Tensor, _Plan]:
-    """Gate table, output screen and plan of one mesh (see :func:`_prepare_stack`); for tests and benchmarks."""
-    table, screen, plan, _ = _prepare_stack(MeshStack.of([phases]), n_draws, draws_given, noise, chip, generator,
-                                            dtype, dev)
-    return table, screen, plan
-
-
 def mesh_matrices(
     phases: MeshStack | Sequence[MeshPhases],
     *,
