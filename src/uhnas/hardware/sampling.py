@@ -43,9 +43,9 @@ def _table64() -> Tensor:
     return table / table.square().mean().sqrt()
 
 
-def quantile_table() -> Tensor:
-    """The float32 lookup table :class:`NormalStream` samples from (2^16 values, ascending)."""
-    return _table32()
+def quantile_table(dtype: torch.dtype = torch.float32) -> Tensor:
+    """The lookup table :class:`NormalStream` samples from (2^16 values, ascending): float32 (the samples) or float64."""
+    return _table32() if dtype == torch.float32 else _table64()
 
 
 @lru_cache(maxsize=1)

@@ -67,6 +67,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uhnas.hardware.counter_rng import counter_normals, seed_of
 from uhnas.hardware.sampling import NormalStream
 
 __all__ = [
@@ -86,6 +87,8 @@ __all__ = [
 TWO_PI = 2.0 * math.pi
 NOMINAL_SPLIT = 0.5  # power cross-coupling ratio of an ideal 50:50 directional coupler
 CPU_DRAW_CHUNK = 16  # least draws per batched product chunk on a CPU (measured best at n = 64 and 128)
+_COMPILED_ON_CPU = True  # CPU meshes from the compiled builder (`mesh_kernel`); the tests switch it off to check
+#                          the torch builders (used on other devices) on a CPU
 CPU_CHUNK_BYTES = 1 << 19  # ... and about this many bytes of accumulated matrices per chunk (more draws for small n:
 #                            measured 1.3x faster for 40 meshes x 64 draws at n = 16 and 10 x 64 at n = 32)
 
@@ -916,6 +919,58 @@ def _chip_batch(chip: ChipErrors, meshes: int, n_draws: int) -> tuple[int, int]:
                      f"(one per mesh and draw)")
 
 
+def _stack_chips(
+    stack: MeshStack,
+    n_draws: int,
+    draws_given: bool,
+    noise: MeshNoise,
+    chip: ChipErrors | None,
+    generator: torch.Generator | None,
+) -> tuple[ChipErrors, int, int, bool, bool]:
+    """The chips of a mesh_matrices call (sampled from ``generator`` unless given), their (mesh, draw) extents and
+    whether they have coupler errors and loss."""
+    n, meshes = stack.n, len(stack)
+    if chip is None:
+        random_chip = noise.coupler_error_std > 0 or noise.loss_db_std > 0
+        chip = sample_chip(n, noise, generator, draws=meshes * n_draws if random_chip and (draws_given or meshes > 1)
+                           else None)
+        has_coupler_error = noise.coupler_error_std > 0
+        lossy = noise.loss_db_per_mzi > 0 or noise.loss_db_std > 0
+    else:
+        has_coupler_error = bool((chip.coupler_ratio != NOMINAL_SPLIT).any())
+        lossy = bool((chip.mzi_loss_db != 0).any()) or bool((chip.dummy_loss_db != 0).any())
+    if chip.n != n:
+        raise ValueError(f"chip has n={chip.n}; expected n={n}")
+    cm, cb = _chip_batch(chip, meshes, n_draws)
+    return chip, cm, cb, has_coupler_error, lossy
+
+
+def _phase_normals(seeds: np.ndarray, n_draws: int, k_total: int, n: int, rdtype: torch.dtype) -> Tensor:
+    """Phase-noise samples (M, n_draws, 2 K + n) of every mesh's stream: per draw theta, phi, output phases
+    (the samples the compiled builder draws, see `mesh_kernel`)."""
+    per_draw = (2 * k_total + n + 3) // 4 * 4
+    z = torch.stack([counter_normals(s, n_draws * per_draw, rdtype) for s in seeds])
+    return z.view(len(seeds), n_draws, per_draw)[:, :, : 2 * k_total + n]
+
+
+def _chip_values(
+    chip: ChipErrors, has_coupler_error: bool, lossy: bool, rdtype: torch.dtype, dev: torch.device
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Per chip: the coupler amplitude products (4, chips, K) c1 c2, r1 r2, r1 c2, c1 r2 (None: ideal 50:50),
+    the MZIs' field amplitudes (chips, K) and the dummy sections' (chips, n_dummy) (None: lossless)."""
+    products = mzi_amp = dummy_amp = None
+    if chip.coupler_ratio.shape[1] and has_coupler_error:
+        ratio = chip.coupler_ratio.to(device=dev, dtype=rdtype)
+        r, c = ratio.sqrt(), ratio.neg().add_(1).sqrt_()  # amplitude cross / through coupling of couplers 1, 2
+        products = torch.stack([c[..., 0] * c[..., 1], r[..., 0] * r[..., 1], r[..., 0] * c[..., 1],
+                                c[..., 0] * r[..., 1]])
+    if lossy:
+        db_to_amp = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
+        mzi_amp = chip.mzi_loss_db.to(device=dev, dtype=rdtype).mul(db_to_amp).exp_()
+        dummy_amp = chip.dummy_loss_db.to(device=dev, dtype=rdtype).mul(db_to_amp).exp_()
+    return products, mzi_amp, dummy_amp
+
+
 def _prepare_stack(
     stack: MeshStack,
     n_draws: int,
@@ -930,54 +985,33 @@ def _prepare_stack(
 
     ``b`` (returned) is the number of realisations per mesh: ``n_draws`` when anything differs between draws,
     else 1 (the caller expands).  Generator order: chips for all meshes (one :func:`sample_chip` call for
-    M x n_draws chips, mesh-major), then the phase errors of mesh 0, 1, ... (per mesh (2 rows + n, n_draws)
-    normals in gate-table row order: theta rows, phi rows, output phases).
+    M x n_draws chips, mesh-major), then one phase-noise stream seed per mesh (see `_phase_normals`).
     """
     n, meshes = stack.n, len(stack)
     lay = mesh_layout(n)
     k_total = len(lay.column)
-    if chip is None:
-        random_chip = noise.coupler_error_std > 0 or noise.loss_db_std > 0
-        chip = sample_chip(n, noise, generator, draws=meshes * n_draws if random_chip and (draws_given or meshes > 1)
-                           else None)
-        has_coupler_error = noise.coupler_error_std > 0
-        lossy = noise.loss_db_per_mzi > 0 or noise.loss_db_std > 0
-    else:
-        has_coupler_error = bool((chip.coupler_ratio != NOMINAL_SPLIT).any())
-        lossy = bool((chip.mzi_loss_db != 0).any()) or bool((chip.dummy_loss_db != 0).any())
-    if chip.n != n:
-        raise ValueError(f"chip has n={chip.n}; expected n={n}")
-    cm, cb = _chip_batch(chip, meshes, n_draws)
+    chip, cm, cb, has_coupler_error, lossy = _stack_chips(stack, n_draws, draws_given, noise, chip, generator)
     plan = _make_plan(n)
     rows = plan.row_mzi.shape[0]
     rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
     theta, phi, out_phase = _nominal_rows(stack, noise, rdtype, dev)  # (rows, M, 1), (rows, M, 1), (n, M, 1)
-    if noise.phase_std > 0:  # one normal per table row and shifter, in table order (rows that are not MZIs unused)
-        z = torch.empty((meshes, 2 * rows + n, n_draws), dtype=torch.float32)
-        for part in z:  # one call per mesh, as mesh_matrix draws them (a single call would not give the same stream)
-            part.normal_(generator=generator)
-        z = z.to(device=dev, dtype=rdtype).permute(1, 0, 2)
-        std = float(noise.phase_std)
-        theta, phi, out_phase = (torch.add(x, part, alpha=std) for x, part in
-                                 zip((theta, phi, out_phase), z.split([rows, rows, n]), strict=True))
-    per_mesh = max(theta.shape[2], cb)
     pick = plan.row_mzi.clamp(max=max(k_total - 1, 0)).to(dev)  # rows that are not MZIs read MZI 0, overwritten
+    if noise.phase_std > 0:  # the compiled builder's samples, moved to gate-table rows (non-MZI rows unused)
+        z = _phase_normals(seed_of(generator, meshes), n_draws, k_total, n, rdtype).to(dev)
+        std = float(noise.phase_std)
+        theta = theta + std * z[:, :, pick].permute(2, 0, 1)
+        phi = phi + std * z[:, :, k_total + pick].permute(2, 0, 1)
+        out_phase = out_phase + std * z[:, :, 2 * k_total :].permute(2, 0, 1)
+    per_mesh = max(theta.shape[2], cb)
+    products, mzi_amp, dummy_amp = _chip_values(chip, has_coupler_error, lossy, rdtype, dev)
     couplers = None
-    if k_total and has_coupler_error:
-        ratio = chip.coupler_ratio.to(device=dev, dtype=rdtype).view(cm, cb, k_total, 2).permute(3, 2, 0, 1)
-        ratio = ratio.index_select(1, pick)  # (2, rows, cm, cb)
-        r, c = ratio.sqrt(), ratio.neg().add_(1).sqrt_()  # amplitude cross / through coupling
-        couplers = (c[0] * c[1], r[0] * r[1], r[0] * c[1], c[0] * r[1])
-    db_to_amp = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
-    amp = None
-    if k_total and lossy:
-        loss = chip.mzi_loss_db.to(device=dev, dtype=rdtype).view(cm, cb, k_total).permute(2, 0, 1)
-        amp = loss.index_select(0, pick).mul_(db_to_amp).exp_()  # (rows, cm, cb)
+    if products is not None:  # (rows, cm, cb) each
+        couplers = tuple(x.index_select(1, pick).t().reshape(rows, cm, cb) for x in products)
+    amp = None if mzi_amp is None or not k_total else mzi_amp.index_select(1, pick).t().reshape(rows, cm, cb)
     n_dummy = chip.dummy_loss_db.shape[1]
     amp_vec = torch.ones((n_dummy + 1, cm, cb), dtype=rdtype, device=dev)
-    if lossy:  # (n_dummy + 1, cm, cb): dummy sections, then "no element"
-        dummy = chip.dummy_loss_db.to(device=dev, dtype=rdtype).view(cm, cb, n_dummy).permute(2, 0, 1)
-        torch.exp(dummy * db_to_amp, out=amp_vec[:-1])
+    if dummy_amp is not None:  # (n_dummy + 1, cm, cb): dummy sections, then "no element"
+        amp_vec[:-1] = dummy_amp.t().view(n_dummy, cm, cb)
     fixed_diag = amp_vec[plan.fixed_amp.to(dev)]  # (F, 2, cm, cb)
     if theta.shape[1:] != (meshes, per_mesh):  # the table's batch axes must be (M, b) for the flat view below
         theta = theta.expand(rows, meshes, per_mesh)
@@ -986,6 +1020,69 @@ def _prepare_stack(
     screen = torch.ones((meshes, per_mesh, plan.ring), dtype=dtype, device=dev)
     screen[:, :, :n] = torch.polar(torch.ones_like(out_phase), out_phase).permute(1, 2, 0)
     return table, screen.view(meshes * per_mesh, plan.ring), plan, per_mesh
+
+
+def _nominal_rotations(stack: MeshStack, noise: MeshNoise, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """cos and sin of the programmed (quantised, crosstalk-shifted) phases: theta, phi (M, 2, K), output (M, 2, n);
+    cached on the stack per (phase bits, crosstalk, dtype)."""
+    key = (noise.phase_bits, float(noise.crosstalk), np.dtype(dtype).name, "rotations")
+    hit = stack._nominal.get(key)
+    if hit is None:
+        phases = _with_crosstalk(*_programmed(stack, noise), float(noise.crosstalk), mesh_layout(stack.n))
+        hit = tuple(np.ascontiguousarray(np.stack([np.cos(p.numpy()), np.sin(p.numpy())], 1), dtype=dtype)
+                    for p in phases)
+        if len(stack._nominal) >= 8:
+            stack._nominal.clear()
+        stack._nominal[key] = hit
+    return hit
+
+
+@lru_cache(maxsize=16)
+def _column_bounds(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """First MZI and first dummy section of every column of the n-mode mesh, (depth + 1,) each."""
+    lay = mesh_layout(n)
+    cols = np.arange(lay.depth + 1)
+    return np.searchsorted(lay.column, cols), np.searchsorted(lay.dummy_column, cols)
+
+
+def _compiled_matrices(
+    stack: MeshStack,
+    n_draws: int,
+    draws_given: bool,
+    noise: MeshNoise,
+    chip: ChipErrors | None,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> Tensor:
+    """(M, b, n, n) on the CPU from the compiled builder (`mesh_kernel`): the model and the random draws of
+    `_prepare_stack` and the torch builders. ``b``: n_draws, or 1 when nothing differs between draws."""
+    from uhnas.hardware.mzi.mesh_kernel import build_meshes, noise_rotations  # compiled on first use (Numba)
+
+    n, meshes = stack.n, len(stack)
+    lay = mesh_layout(n)
+    chip, cm, cb, has_coupler_error, lossy = _stack_chips(stack, n_draws, draws_given, noise, chip, generator)
+    rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
+    np_dtype = np.float32 if rdtype == torch.float32 else np.float64
+    noisy = noise.phase_std > 0
+    seeds = seed_of(generator, meshes) if noisy else np.zeros(meshes, dtype=np.uint64)
+    rot = noise_rotations(float(noise.phase_std), np_dtype) if noisy else (
+        np.ones(1, np_dtype), np.zeros(1, np_dtype))
+    per_mesh = n_draws if noisy or cb > 1 else 1
+    column_start, dummy_start = _column_bounds(n)
+    out = torch.empty((meshes, per_mesh, n, n), dtype=dtype)
+
+    chips, k_total = cm * cb, len(lay.column)
+    ratio = chip.coupler_ratio.to(rdtype).contiguous()
+    if not has_coupler_error:
+        ratio = torch.full((chips, k_total, 2), NOMINAL_SPLIT, dtype=rdtype)
+    db_to_amp = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
+    amp = chip.mzi_loss_db.to(rdtype).mul(db_to_amp).exp_() if lossy else torch.ones((chips, k_total), dtype=rdtype)
+    dummy_amp = (chip.dummy_loss_db.to(rdtype).mul(db_to_amp).exp_() if lossy
+                 else torch.ones((chips, 0), dtype=rdtype))
+    build_meshes(out.numpy(), column_start, lay.top, dummy_start, lay.dummy_mode,
+                 *_nominal_rotations(stack, noise, np_dtype), seeds, noisy, *rot, ratio.numpy(),
+                 amp.contiguous().numpy(), dummy_amp.contiguous().numpy(), cm, cb)
+    return out
 
 
 def mesh_matrices(
@@ -1021,13 +1118,17 @@ def mesh_matrices(
         raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
     dev = torch.device(device) if device is not None else stack.theta.device
     n, meshes = stack.n, len(stack)
-    table, screen, plan, per_mesh = _prepare_stack(stack, n_draws, draws is not None, noise, chip, generator,
-                                                   dtype, dev)
-    if plan.tile is None:
-        m = _build_columns(table, plan, screen)[:n, :n].permute(2, 0, 1)
+    if dev.type == "cpu" and _COMPILED_ON_CPU:
+        m = _compiled_matrices(stack, n_draws, draws is not None, noise, chip, generator, dtype)
+        per_mesh = m.shape[1]
     else:
-        m = _build_tiles(table, plan, screen)[:, :n, :n]
-    m = m.reshape(meshes, per_mesh, n, n)
+        table, screen, plan, per_mesh = _prepare_stack(stack, n_draws, draws is not None, noise, chip, generator,
+                                                       dtype, dev)
+        if plan.tile is None:
+            m = _build_columns(table, plan, screen)[:n, :n].permute(2, 0, 1)
+        else:
+            m = _build_tiles(table, plan, screen)[:, :n, :n]
+        m = m.reshape(meshes, per_mesh, n, n)
     if draws is None:
         return m[:, 0].contiguous()
     if per_mesh == 1 and n_draws > 1:
