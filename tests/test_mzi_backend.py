@@ -171,21 +171,19 @@ def test_draws_are_vectorised_reproducible_and_seeded() -> None:
     assert all(not torch.allclose(flat[i], flat[j]) for i in range(6) for j in range(i + 1, 6))
 
 
-def _fused_and_plain(backend: MZIBackend, rows: torch.Tensor, sigma: float) -> tuple[torch.Tensor, ...]:
-    """One layer's fixed blocks through the fused Monte-Carlo forward and the straight-through training forward."""
-    from uhnas.hardware.mzi.backend import (
-        _Inference,
-        _inference_forward,
-        _layout,
-        _normal_fill,
-        _tiled_forward,
-    )
+def _fused_and_plain(
+    backend: MZIBackend, rows: torch.Tensor, sigma: float, compiled: bool
+) -> tuple[torch.Tensor, ...]:
+    """One layer's fixed blocks through the fused Monte-Carlo forward (the compiled kernel or its torch form) and
+    the straight-through training forward."""
+    from uhnas.hardware.mzi.backend import _compiled_forward, _Inference, _layout, _tiled_forward, _torch_forward
 
     layer = _net(MLP).matmuls()[0]
     mapped = backend._mapped(layer)
     blocks = backend._noisy_blocks(mapped, rows.shape[0], _gen(0))
-    fused = _inference_forward(rows, _Inference.build(blocks, mapped, backend.params, sigma),
-                               _normal_fill(torch.device("cpu"), 2))
+    fixed = _Inference.build(blocks, mapped, backend.params, sigma)
+    forward = _compiled_forward(fixed, 2) if compiled else _torch_forward(fixed, 2, torch.device("cpu"))
+    fused = forward(rows)
     with torch.no_grad():
         plain = _tiled_forward(rows, _layout(blocks.contiguous()), mapped, backend.params, sigma, _gen(3), train=True)
     k = backend.params.mesh_size
@@ -194,13 +192,15 @@ def _fused_and_plain(backend: MZIBackend, rows: torch.Tensor, sigma: float) -> t
     return fused, plain, tiles.abs().amax(-1), gain  # input scale s per (draw, vector, column tile)
 
 
-def test_fused_monte_carlo_forward_computes_the_training_forward() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_fused_monte_carlo_forward_computes_the_training_forward(compiled: bool) -> None:
     # realize() scores through a fused forward (DAC codes times blocks pre-divided by L_in x ADC step, noise and
-    # rounding in ADC steps); noise-aware training through the straight-through one. Same model: without detector
-    # noise they agree to float rounding (a rounding flip could move one ADC step of one tile), ...
+    # rounding in ADC steps): on a CPU a compiled kernel, elsewhere torch ops; noise-aware training through the
+    # straight-through one. Same model: without detector noise they agree to float rounding (a rounding flip could
+    # move one ADC step of one tile), ...
     rows = torch.relu(torch.randn(4, 300, 64, generator=_gen(1)))
     backend = _mzi("mzi-realistic", {"detector_noise": False})
-    fused, plain, scale, gain = _fused_and_plain(backend, rows, 0.0)
+    fused, plain, scale, gain = _fused_and_plain(backend, rows, 0.0, compiled)
     full_scale = backend._mapped(_net(MLP).matmuls()[0]).full_scale
     step = (full_scale / full_scale.new_tensor(127.0)).T.repeat_interleave(8, dim=-1)[:, :37].float()  # FS/L per gain
     one_step = torch.einsum("dnc,co->dno", scale, step * gain)
@@ -212,11 +212,35 @@ def test_fused_monte_carlo_forward_computes_the_training_forward() -> None:
     backend = _mzi("mzi-realistic", {"adc_bits": None, "dac_bits": None, "pd_sensitivity_dbm": -45.0})
     sigma = backend.detector_sigma
     expected = sigma * torch.einsum("dnc,co->dno", scale**2, gain**2).sqrt()
-    clean, _, _, _ = _fused_and_plain(backend, rows, 0.0)
-    fused, plain, _, _ = _fused_and_plain(backend, rows, sigma)
+    clean, _, _, _ = _fused_and_plain(backend, rows, 0.0, compiled)
+    fused, plain, _, _ = _fused_and_plain(backend, rows, sigma, compiled)
     for noisy in (fused, plain):
         ratio = float(((noisy - clean) / expected).std())  # 4 x 300 x 37 samples: ~1 % Monte-Carlo error
         assert abs(ratio - 1.0) < 0.05, ratio
+
+
+def test_compiled_forward_shares_inputs_continues_its_stream_and_matches_the_torch_forward() -> None:
+    from uhnas.hardware.mzi.backend import _compiled_forward, _Inference, _torch_forward
+
+    backend = _mzi("mzi-realistic")
+    layer = _net(MLP).matmuls()[0]
+    mapped = backend._mapped(layer)
+    fixed = _Inference.build(backend._noisy_blocks(mapped, 5, _gen(0)), mapped, backend.params,
+                             backend.detector_sigma)
+    one = torch.relu(torch.randn(1, 70, 64, generator=_gen(1)))
+    shared, copied = one.expand(5, -1, -1), one.expand(5, -1, -1).contiguous()
+    assert shared.stride(0) == 0
+    first = _compiled_forward(fixed, 9)(shared)
+    assert torch.equal(first, _compiled_forward(fixed, 9)(copied))  # stride-0 draws: inputs converted once
+    assert not torch.equal(first, _compiled_forward(fixed, 10)(copied))  # another seed, other noise
+    forward = _compiled_forward(fixed, 9)
+    assert torch.equal(forward(shared), first)
+    assert not torch.equal(forward(shared), first)  # the stream continues: fresh noise on the next call
+    # the torch forward (other devices) computes the same model: equal up to noise (a few ADC steps of ~1e-3)
+    reference = _torch_forward(fixed, 9, torch.device("cpu"))(copied)
+    assert float((reference - first).abs().mean()) < 0.02 * float(first.abs().mean())
+    with pytest.raises(ValueError, match="rows for 5 draws"):
+        _compiled_forward(fixed, 9)(copied[:3])
 
 
 def test_chip_errors_alone_give_one_fixed_chip_per_draw() -> None:

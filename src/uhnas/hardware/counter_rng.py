@@ -18,7 +18,7 @@ from torch import Tensor
 
 from uhnas.hardware.sampling import quantile_table
 
-__all__ = ["counter_normals", "fill_indices", "mix", "seed_of"]
+__all__ = ["counter_normals", "fill_indices", "fill_normals", "mix", "seed_of"]
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -51,6 +51,21 @@ def fill_indices(seed: np.uint64, start: np.int64, out: np.ndarray) -> None:  # 
         i += 4
 
 
+@njit(cache=True, nogil=True)
+def fill_normals(seed: np.uint64, start: np.int64, table: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """out[i] = sample ``start + i`` of stream ``seed`` (``start`` a multiple of 4): ``table`` at its index."""
+    word = np.uint64(start // 4)
+    count = out.shape[0]
+    for q in range(count // 4):
+        bits = mix(seed, word + np.uint64(q))
+        for lane in range(4):
+            out[4 * q + lane] = table[(bits >> np.uint64(16 * lane)) & LANE_MASK]
+    if count % 4:
+        bits = mix(seed, word + np.uint64(count // 4))
+        for lane in range(count % 4):
+            out[count - count % 4 + lane] = table[(bits >> np.uint64(16 * lane)) & LANE_MASK]
+
+
 def seed_of(generator: torch.Generator | None, count: int) -> np.ndarray:
     """``count`` stream seeds from ``generator`` (one 62-bit draw each, the same as ``count`` single draws)."""
     return torch.randint(0, 1 << 62, (count,), generator=generator).numpy().astype(np.uint64)
@@ -60,7 +75,7 @@ def counter_normals(seed: int | np.uint64, count: int, dtype: torch.dtype = torc
     """Samples ``start .. start + count - 1`` of stream ``seed`` as a CPU tensor (``start`` a multiple of 4)."""
     if start % 4:
         raise ValueError(f"start must be a multiple of 4, got {start}")
-    index = np.empty(count, dtype=np.uint16)
-    fill_indices(np.uint64(seed), np.int64(start), index)
-    table = quantile_table(dtype) if dtype in (torch.float32, torch.float64) else quantile_table(torch.float64).to(dtype)
-    return table[torch.from_numpy(index.astype(np.int64))]
+    table = quantile_table(dtype if dtype in (torch.float32, torch.float64) else torch.float64)
+    out = torch.empty(count, dtype=table.dtype)
+    fill_normals(np.uint64(seed), np.int64(start), table.numpy(), out.numpy())
+    return out.to(dtype)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +39,7 @@ from uhnas.hardware.mzi import energy
 from uhnas.hardware.mzi.mesh import MeshNoise, MeshStack, clements_decompose_many, mesh_matrices
 from uhnas.hardware.mzi.noise import adc, attenuator_field, dac, detect, detector_relative_noise, sample_attenuators
 from uhnas.hardware.registry import BackendFamily, Preset, validate_params
-from uhnas.hardware.sampling import NormalStream
+from uhnas.hardware.sampling import quantile_table
 
 
 class MZIParams(BaseModel):
@@ -270,16 +271,16 @@ class MZIBackend:
     def _program(self, layer: MatMul, mapped: _Mapped, blocks: Tensor, seed: int) -> Program:
         """rows (draws, n, in) -> (draws, n, out) through fixed blocks; detector noise seeded by `seed`."""
         fixed = _Inference.build(blocks, mapped, self.params, self.detector_sigma)
-        per_device: dict[torch.device, tuple[_Inference, NormalFill]] = {}
+        per_device: dict[torch.device, Callable[[Tensor], Tensor]] = {}
         bias = None if layer.bias is None else layer.bias.detach()
 
         def run(rows: Tensor) -> Tensor:
             device = rows.device
             if device not in per_device:
-                per_device[device] = (fixed.to(device), _normal_fill(device, seed))
-            consts, fill_normal = per_device[device]
+                per_device[device] = (_compiled_forward(fixed, seed) if device.type == "cpu" and _COMPILED_ON_CPU
+                                      else _torch_forward(fixed.to(device), seed, device))
             with torch.no_grad():
-                out = _inference_forward(rows, consts, fill_normal)
+                out = per_device[device](rows.detach())
                 if bias is not None:
                     out.add_(bias.to(out.device, out.dtype))
             return out.to(rows.dtype)
@@ -287,19 +288,48 @@ class MZIBackend:
         return run
 
 
+_COMPILED_ON_CPU = True
+"""Monte-Carlo forwards on a CPU run the compiled kernel (`forward_kernel`); the tests switch it off to check the
+torch forward (used on other devices) on a CPU."""
+
 NormalFill = Callable[[Tensor], Tensor]
 """Overwrites a buffer with standard normal samples (the detector noise source of one realised layer)."""
 
 
-def _normal_fill(device: torch.device, seed: int) -> NormalFill:
-    """The detector-noise source of a realised layer on `device`, seeded: on a CPU a fast discretised-normal stream
-    (`uhnas.hardware.sampling`; float32 buffers), elsewhere torch's generator of that device."""
-    if device.type == "cpu":
-        stream = NormalStream(seed)
-        generator = torch.Generator().manual_seed(seed)  # float64 buffers (complex128 simulations): exact normals
-        return lambda out: stream.fill_(out) if out.dtype == torch.float32 else out.normal_(generator=generator)
+def _torch_forward(layer: _Inference, seed: int, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """The Monte-Carlo forward of a realised layer in torch ops (`_inference_forward`), detector noise from torch's
+    generator of ``device`` seeded with ``seed``."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    return lambda out: out.normal_(generator=generator)
+    return lambda rows: _inference_forward(rows, layer, lambda out: out.normal_(generator=generator))
+
+
+def _compiled_forward(layer: _Inference, seed: int) -> Callable[[Tensor], Tensor]:
+    """The Monte-Carlo forward of a realised layer on a CPU from the compiled kernel (`forward_kernel`): the model
+    of `_inference_forward`, detector noise from the counter-based stream ``seed``, continued from call to call."""
+    from uhnas.hardware.mzi.forward_kernel import forward_layer, samples_used  # compiled on first use (Numba)
+
+    c_tiles, draws, outputs, _ = layer.weights.shape
+    dtype = layer.weights.dtype
+    weights = layer.weights.contiguous().numpy()
+    noise_std = layer.noise_std[..., 0].contiguous().numpy()
+    out_scale = layer.out_scale[..., 0].contiguous().numpy()
+    table = quantile_table(dtype).numpy()
+    position = 0
+
+    def run(rows: Tensor) -> Tensor:
+        nonlocal position
+        if rows.shape[0] != draws:
+            raise ValueError(f"expected rows for {draws} draws, got shape {tuple(rows.shape)}")
+        n = rows.shape[1]
+        shared = draws > 1 and rows.stride(0) == 0  # the same inputs for every draw: DAC them once
+        x = (rows[:1] if shared else rows).to(dtype)
+        result = torch.empty((draws, outputs, n), dtype=dtype)
+        forward_layer(x.numpy(), weights, noise_std, out_scale, layer.dac_levels or 0, layer.adc_levels or 0,
+                      layer.noisy, np.uint64(seed), np.int64(position), table, result.numpy())
+        position += samples_used(draws, c_tiles, outputs, n)
+        return result.transpose(1, 2)
+
+    return run
 
 
 @dataclass(frozen=True)

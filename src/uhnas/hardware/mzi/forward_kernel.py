@@ -1,0 +1,120 @@
+"""Compiled (Numba) CPU Monte-Carlo forward of a realised MZI layer: DAC, blocks, detector noise, ADC, accumulation.
+
+The model is `_Inference`'s (uhnas.hardware.mzi.backend): per draw d, input vector v and column tile c, the DAC
+codes a = round(L_in x / s) of the tile's K inputs (s: their largest magnitude), the detected partial sums
+y[o] = sum_k W[c, d, o, k] a[k] + sigma[c, o] z in ADC steps, the ADC's round and clamp, and the digital
+accumulation out[o] += y[o] q[c, o] s.  Here all of it is one loop nest over chunks of input vectors (the
+contiguous, vectorised axis), so each partial sum is produced, made noisy, quantised and accumulated while it is in
+a register, instead of in six passes over memory.  The detector noise of (d, c, o, v) is sample
+``start + ((d C + c) out + o) n4 + v`` of the layer's counter-based stream (:mod:`uhnas.hardware.counter_rng`;
+n4 = n rounded up to a multiple of 4), drawn where it is used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from uhnas.hardware.counter_rng import LANE_MASK, mix
+
+__all__ = ["VECTORS", "forward_layer", "samples_used"]
+
+VECTORS = 64  # input vectors per chunk: codes, partial sums and noise of a chunk stay in L1
+
+
+def samples_used(draws: int, tiles: int, outputs: int, vectors: int) -> int:
+    """Stream samples one forward_layer call uses (the next call starts after them)."""
+    return draws * tiles * outputs * ((vectors + 3) // 4 * 4)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def forward_layer(  # pragma: no cover - compiled; checked against the torch forward in tests/test_mzi_kernels.py
+    rows: np.ndarray,  # (D or 1, n, in) inputs; one row set shared by every draw when its first extent is 1
+    weights: np.ndarray,  # (C, D, out, K) blocks in ADC steps per DAC code
+    noise_std: np.ndarray,  # (C, out) detector noise in ADC steps
+    out_scale: np.ndarray,  # (C, out) one ADC step in output units per unit input scale
+    dac_levels: int,  # L_in (0: no DAC, inputs scaled but not rounded)
+    adc_levels: int,  # L_out (0: no ADC)
+    noisy: bool,
+    seed: np.uint64,
+    start: np.int64,  # first stream sample of this call (a multiple of 4)
+    table: np.ndarray,  # (2^16,) discretised normal
+    result: np.ndarray,  # (D, out, n) output, overwritten
+) -> None:
+    c_tiles, draws, outputs, k = weights.shape
+    n, cols = rows.shape[1], rows.shape[2]
+    shared = rows.shape[0] == 1 and draws > 1
+    n4 = (n + 3) // 4 * 4
+    dtype = weights.dtype
+    tiny = np.finfo(dtype).tiny
+    codes = np.zeros((c_tiles, k, VECTORS), dtype=dtype)
+    scale = np.empty((c_tiles, VECTORS), dtype=dtype)
+    y = np.empty(VECTORS, dtype=dtype)
+    z = np.empty(VECTORS, dtype=dtype)
+    for v0 in range(0, n, VECTORS):
+        m = min(VECTORS, n - v0)
+        for d in range(draws):
+            if d == 0 or not shared:  # DAC codes and per-tile scales of this chunk
+                src = rows[0 if shared else d]
+                for c in range(c_tiles):
+                    for vi in range(m):
+                        scale[c, vi] = tiny
+                    for kk in range(k):
+                        col = c * k + kk
+                        if col < cols:
+                            for vi in range(m):
+                                x = src[v0 + vi, col]
+                                codes[c, kk, vi] = x
+                                scale[c, vi] = max(scale[c, vi], abs(x))
+                    for kk in range(k):
+                        for vi in range(m):
+                            a = codes[c, kk, vi] / scale[c, vi]  # |a| <= 1 exactly (IEEE division)
+                            codes[c, kk, vi] = np.rint(a * dac_levels) if dac_levels > 0 else a
+            for o in range(outputs):
+                acc = result[d, o]
+                for c in range(c_tiles):
+                    w = weights[c, d, o]
+                    cw = codes[c]
+                    for kk in range(0, k - 3, 4):  # four terms per pass over the chunk
+                        w0, w1, w2, w3 = w[kk], w[kk + 1], w[kk + 2], w[kk + 3]
+                        c0, c1, c2, c3 = cw[kk], cw[kk + 1], cw[kk + 2], cw[kk + 3]
+                        if kk == 0:
+                            for vi in range(m):
+                                y[vi] = w0 * c0[vi] + w1 * c1[vi] + w2 * c2[vi] + w3 * c3[vi]
+                        else:
+                            for vi in range(m):
+                                y[vi] += w0 * c0[vi] + w1 * c1[vi] + w2 * c2[vi] + w3 * c3[vi]
+                    for kk in range(k - k % 4, k):
+                        wk, ck = w[kk], cw[kk]
+                        if kk == 0:
+                            for vi in range(m):
+                                y[vi] = wk * ck[vi]
+                        else:
+                            for vi in range(m):
+                                y[vi] += wk * ck[vi]
+                    if noisy:
+                        std = noise_std[c, o]
+                        word = np.uint64((start + ((d * c_tiles + c) * outputs + o) * n4 + v0) // 4)
+                        for q in range((m + 3) // 4):
+                            bits = mix(seed, word + np.uint64(q))
+                            for lane in range(4):
+                                z[4 * q + lane] = table[(bits >> np.uint64(16 * lane)) & LANE_MASK]
+                        for vi in range(m):
+                            y[vi] += std * z[vi]
+                    unit = out_scale[c, o]
+                    sc = scale[c]
+                    out_c = acc[v0 : v0 + m]
+                    if adc_levels > 0:
+                        lim = dtype.type(adc_levels)
+                        if c == 0:
+                            for vi in range(m):
+                                out_c[vi] = min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
+                        else:
+                            for vi in range(m):
+                                out_c[vi] += min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
+                    elif c == 0:
+                        for vi in range(m):
+                            out_c[vi] = y[vi] * unit * sc[vi]
+                    else:
+                        for vi in range(m):
+                            out_c[vi] += y[vi] * unit * sc[vi]
