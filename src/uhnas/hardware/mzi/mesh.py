@@ -35,8 +35,12 @@ spread).  Every path then crosses ``depth`` loss elements, so uniform loss is th
 
 Speed
 -----
-Rebuilding a mesh column by column costs 2 n^3 complex multiply-adds per draw spread over ~n elementwise passes
-over the whole (draws, n, n) matrix, which is memory-bound.  :func:`mesh_matrix` instead uses light-cone tiles
+On a CPU the matrices come from a compiled loop (:mod:`uhnas.hardware.mzi.mesh_kernel`, Numba): per mesh and draw,
+the matrix is accumulated column by column in two cache-resident real planes, each MZI's 2x2 update applied only
+over the columns light has reached, its transfer made from cos/sin of the programmed phases times a table of
+e^{i sigma z} (no sine per draw).  Elsewhere (CUDA) the same model runs as torch ops: rebuilding a mesh column by
+column costs 2 n^3 complex multiply-adds per draw spread over ~n elementwise passes over the whole
+(draws, n, n) matrix, which is memory-bound.  The torch builder instead uses light-cone tiles
 (see the comments above :func:`_make_plan` and :func:`_build_tiles`): over s/2 consecutive columns the MZIs split
 into upward triangles on row blocks of width s and downward triangles centred on the block boundaries; a downward
 triangle followed by the next slab's upward one is a "diamond", and a width-2s diamond is a product of four width-s
@@ -1104,8 +1108,8 @@ def mesh_matrices(
     of mesh ``m``); without ``chip``, one chip per mesh and draw is sampled if ``noise`` has chip errors.
 
     Generator order (all on the CPU): first every chip, as one ``sample_chip(n, noise, generator,
-    draws=M * draws)`` call (mesh-major); then the phase errors, mesh after mesh, each as the per-mesh call of
-    :func:`mesh_matrix` draws them.  Hence ``mesh_matrices(meshes, generator=g)[m]`` equals
+    draws=M * draws)`` call (mesh-major); then one phase-noise stream seed per mesh, in mesh order, each as the
+    per-mesh call of :func:`mesh_matrix` draws it.  Hence ``mesh_matrices(meshes, generator=g)[m]`` equals
     ``mesh_matrix(meshes[m], chip=<chips of mesh m>, generator=g)`` called mesh after mesh on a generator that has
     drawn the chips first; for one mesh both functions consume the generator identically.
     """
@@ -1150,8 +1154,9 @@ def mesh_matrix(
 
     Phase errors are resampled per draw; fabrication errors come from ``chip`` (one chip shared by all draws, or
     one chip per draw).  Without ``chip``, chip errors (if ``noise`` has any) are sampled from ``generator``: one
-    chip per draw.  All randomness is drawn on the CPU from ``generator``, so a seed gives identical results
-    (for a given n; the order in which samples are assigned to shifters depends on the builder used for n).
+    chip per draw.  All randomness is drawn on the CPU from ``generator`` (chips, then one seed for the mesh's
+    counter-based phase-noise stream, `uhnas.hardware.counter_rng`), so a seed gives identical results on every
+    device and builder.
     For many meshes of one size, :func:`mesh_matrices` computes the same in one batched call.
     """
     n_draws = 1 if draws is None else int(draws)
