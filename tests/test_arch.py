@@ -268,3 +268,40 @@ def test_conv_rows_reach_programs_shared_across_draws_and_strided() -> None:
     assert first.shape == (3, 5 * 49, 18) and first.stride(0) == 0  # shared: the images once
     assert second.shape == (3, 5 * 9, 27) and second.stride(0) != 0 and not second.is_contiguous()
     assert last.shape == (3, 5, 18)
+
+
+def test_conv_windows_reach_programs_that_take_them_without_an_unfolded_copy() -> None:
+    """A program with ``takes_windows`` gets a conv layer's im2col windows as a (draws, B, h, w, C, k, k) view of the
+    padded activations (shared across draws for the first layer) and returns NCHW: the network output is unchanged."""
+    arch = parse_architecture({"layers": [
+        {"type": "conv2d", "out_channels": 3, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
+        {"type": "conv2d", "out_channels": 2, "kernel": 3, "stride": 2}, {"type": "flatten"},
+        {"type": "linear", "out_features": 4}]})
+    model = build(arch, (2, 7, 7), 4, seed=0).eval()
+    x = torch.randn(5, 2, 7, 7, generator=torch.Generator().manual_seed(1))
+    seen: list[torch.Tensor] = []
+
+    def exact(layer):  # the plain product on windows (conv) or rows (linear), recording what it was given
+        def run(rows: torch.Tensor) -> torch.Tensor:
+            seen.append(rows)
+            if rows.dim() == 3:
+                return rows @ layer.matrix().T + layer.bias
+            draws, images, h, w = rows.shape[:4]
+            out = rows.reshape(draws, images, h, w, -1) @ layer.matrix().T + layer.bias
+            return out.permute(0, 1, 4, 2, 3)
+        run.takes_windows = True
+        return run
+
+    with torch.no_grad():
+        out = forward_draws(model, {m.index: exact(m) for m in model.matmuls()}, 3, x)
+        plain = model(x)
+    assert torch.allclose(out, plain.expand(3, -1, -1), atol=1e-5)
+    first, second, last = seen
+    assert first.shape == (3, 5, 7, 7, 2, 3, 3) and first.stride(0) == 0  # shared: the images once
+    assert second.shape == (3, 5, 3, 3, 3, 3, 3) and second.stride(0) != 0
+    assert last.shape == (3, 5, 18)
+    # the windows are views of the padded activations (nothing unfolded): fewer elements in memory than they show
+    assert first.untyped_storage().nbytes() < first[0].numel() * first.element_size()
+    # image 1, output pixel (2, 3), input channel 1, kernel offset (0, 2): the padded input at (1 + 0, 2 + 3)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    assert float(first[0, 1, 2, 3, 1, 0, 2]) == float(padded[1, 1, 2, 5])

@@ -346,3 +346,44 @@ def test_noise_aware_training_runs_with_uhnas_train(digits) -> None:
 
     result = train(model, digits, TrainConfig(epochs=3, seed=0), forward=forward)
     assert not result.failed and result.accuracy > 0.7
+
+
+def _without_windows(programs: dict) -> dict:
+    """The same programs, offered conv inputs as unfolded rows instead of windows."""
+    return {index: (lambda rows, p=p: p(rows)) for index, p in programs.items()}
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_conv_windows_and_unfolded_rows_give_the_same_device_outputs(monkeypatch, compiled: bool) -> None:
+    # A conv layer's programs read their im2col windows in place (the compiled kernel) or unfold them (the torch
+    # forward); with fixed blocks, converters on and no detector noise every vector gets the same codes, products
+    # and ADC steps either way, whatever order the vectors are processed in.
+    from uhnas.hardware.mzi import backend as mzi_backend
+
+    monkeypatch.setattr(mzi_backend, "_COMPILED_ON_CPU", compiled)
+    model = _net(CNN)
+    x = torch.randn(13, *SHAPE, generator=_gen(1))
+    realized = _mzi("mzi-realistic", {"detector_noise": False}).realize(model, 4, _gen(0))
+    assert all(getattr(p, "takes_windows", False) for p in realized.programs.values())
+    with torch.no_grad():
+        windows = forward_draws(model, realized.programs, 4, x)
+        rows = forward_draws(model, _without_windows(realized.programs), 4, x)
+    assert windows.shape == (4, 13, 10)
+    torch.testing.assert_close(windows, rows, rtol=1e-6, atol=1e-6)
+    assert float((windows[0] - windows[1]).abs().max()) > 1e-4  # the draws are different chips
+
+
+def test_compiled_and_torch_forwards_agree_on_conv_windows(monkeypatch) -> None:
+    from uhnas.hardware.mzi import backend as mzi_backend
+
+    model, x = _net(CNN), torch.randn(13, *SHAPE, generator=_gen(1))
+    outputs = []
+    for compiled in (True, False):
+        monkeypatch.setattr(mzi_backend, "_COMPILED_ON_CPU", compiled)
+        realized = _mzi("mzi-realistic", {"detector_noise": False}).realize(model, 3, _gen(0))
+        with torch.no_grad():
+            outputs.append(realized(x))
+    fast, ref = outputs
+    # the same model; a rounding flip in a DAC or ADC step may move a few outputs by one step (~1e-2 here)
+    assert float((fast - ref).abs().mean()) < 1e-4 * float(ref.abs().mean())
+    assert float((fast - ref).abs().max()) < 0.05 * float(ref.abs().max())

@@ -31,7 +31,12 @@ from uhnas.arch.model import (
 from uhnas.arch.shapes import Shape, analyze
 
 Program = Callable[[Tensor], Tensor]
-"""A device program: rows (draws, n, in_features) -> outputs (draws, n, out_features), bias included."""
+"""A device program: rows (draws, n, in_features) -> outputs (draws, n, out_features), bias included.
+
+A program with the attribute ``takes_windows = True`` gets a conv layer's input as its im2col windows instead: a
+strided (draws, B, h_out, w_out, C, k, k) view of the zero-padded activations (vectors (image, y, x), columns in
+the weight matrix's (C, k, k) order; nothing unfolded or copied), and returns (draws, B, out_channels, h_out, w_out).
+"""
 
 
 class Square(nn.Module):
@@ -127,6 +132,12 @@ class MatMul(nn.Module):
         w_out = (width + 2 * padding - kernel) // stride + 1
         x_draws = 1 if shared_input else self.draws
         per_draw = batch // x_draws
+        if getattr(self.program, "takes_windows", False):
+            padded = nn.functional.pad(x, (padding,) * 4) if padding else x
+            windows = padded.reshape(x_draws, per_draw, channels, height + 2 * padding, width + 2 * padding)
+            windows = windows.unfold(3, kernel, stride).unfold(4, kernel, stride).permute(0, 1, 3, 4, 2, 5, 6)
+            out = self.program(windows.expand(self.draws, *windows.shape[1:]))  # (draws, B, out_channels, h, w)
+            return out.reshape(self.draws * per_draw, -1, h_out, w_out)
         # im2col with the batch innermost: (draws B, C, H, W) -> zero-padded (C, draws, H', W', B), whose k x k
         # windows copy as long contiguous runs into (C k k, draws, L B); the program gets rows as a (draws, L B, C k k)
         # view of that, vectors ordered (output pixel, image) within a draw (a program maps each row on its own)

@@ -22,6 +22,7 @@ rounding in ADC steps, chunked so that every pass stays in cache; noise-aware tr
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -269,7 +270,11 @@ class MZIBackend:
         return block.view(mapped.row_tiles, mapped.col_tiles, draws, k, k).permute(2, 0, 1, 3, 4)
 
     def _program(self, layer: MatMul, mapped: _Mapped, blocks: Tensor, seed: int) -> Program:
-        """rows (draws, n, in) -> (draws, n, out) through fixed blocks; detector noise seeded by `seed`."""
+        """rows (draws, n, in) -> (draws, n, out) through fixed blocks; detector noise seeded by `seed`.
+
+        Takes conv windows too (``takes_windows``, see `uhnas.arch.build.Program`): (draws, B, h, w, C, k, k) views
+        of the padded activations -> (draws, B, out, h, w).
+        """
         fixed = _Inference.build(blocks, mapped, self.params, self.detector_sigma)
         per_device: dict[torch.device, Callable[[Tensor], Tensor]] = {}
         bias = None if layer.bias is None else layer.bias.detach()
@@ -278,13 +283,15 @@ class MZIBackend:
             device = rows.device
             if device not in per_device:
                 per_device[device] = (_compiled_forward(fixed, seed) if device.type == "cpu" and _COMPILED_ON_CPU
-                                      else _torch_forward(fixed.to(device), seed, device))
+                                      else _taking_windows(_torch_forward(fixed.to(device), seed, device)))
             with torch.no_grad():
                 out = per_device[device](rows.detach())
                 if bias is not None:
-                    out.add_(bias.to(out.device, out.dtype))
+                    b = bias.to(out.device, out.dtype)
+                    out.add_(b[:, None, None] if rows.dim() == WINDOW_DIMS else b)
             return out.to(rows.dtype)
 
+        run.takes_windows = True  # type: ignore[attr-defined]
         return run
 
 
@@ -296,6 +303,10 @@ NormalFill = Callable[[Tensor], Tensor]
 """Overwrites a buffer with standard normal samples (the detector noise source of one realised layer)."""
 
 
+WINDOW_DIMS = 7
+"""Rank of the conv windows a program takes: (draws, B, h, w, C, k, k) (see `uhnas.arch.build.Program`)."""
+
+
 def _torch_forward(layer: _Inference, seed: int, device: torch.device) -> Callable[[Tensor], Tensor]:
     """The Monte-Carlo forward of a realised layer in torch ops (`_inference_forward`), detector noise from torch's
     generator of ``device`` seeded with ``seed``."""
@@ -303,9 +314,43 @@ def _torch_forward(layer: _Inference, seed: int, device: torch.device) -> Callab
     return lambda rows: _inference_forward(rows, layer, lambda out: out.normal_(generator=generator))
 
 
+def _taking_windows(forward: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """A rows forward (draws, n, in) -> (draws, n, out) that also takes conv windows (draws, B, h, w, C, k, k) ->
+    (draws, B, out, h, w), by unfolding them into rows (one copy; the compiled CPU forward reads them in place)."""
+
+    def run(rows: Tensor) -> Tensor:
+        if rows.dim() != WINDOW_DIMS:
+            return forward(rows)
+        draws, images, h, w = rows.shape[:4]
+        shared = draws > 1 and rows.stride(0) == 0
+        flat = (rows[:1] if shared else rows).reshape(1 if shared else draws, images * h * w, -1)
+        out = forward(flat.expand(draws, -1, -1))  # vectors ordered (image, y, x)
+        return out.reshape(draws, images, h, w, -1).permute(0, 1, 4, 2, 3).contiguous()
+
+    return run
+
+
+def _offsets(sizes: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """Element offsets of every index of a strided block, row-major over ``sizes`` (int64)."""
+    offsets = np.zeros(1, dtype=np.int64)
+    for size, stride in zip(sizes, strides, strict=True):
+        offsets = (offsets[:, None] + np.arange(size, dtype=np.int64) * stride).reshape(-1)
+    return offsets
+
+
+def _storage(t: Tensor) -> np.ndarray:
+    """The memory a strided CPU tensor spans, from its first element, as a flat numpy array (shared, not copied)."""
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return t.as_strided((extent,), (1,)).numpy()
+
+
 def _compiled_forward(layer: _Inference, seed: int) -> Callable[[Tensor], Tensor]:
     """The Monte-Carlo forward of a realised layer on a CPU from the compiled kernel (`forward_kernel`): the model
-    of `_inference_forward`, detector noise from the counter-based stream ``seed``, continued from call to call."""
+    of `_inference_forward`, detector noise from the counter-based stream ``seed``, continued from call to call.
+
+    Takes rows (draws, n, in) -> (draws, n, out) or conv windows (draws, B, h, w, C, k, k) -> (draws, B, out, h, w),
+    any strides, read in place; a stride-0 draw axis (the same inputs for every draw) is converted once.
+    """
     from uhnas.hardware.mzi.forward_kernel import forward_layer, samples_used  # compiled on first use (Numba)
 
     c_tiles, draws, outputs, _ = layer.weights.shape
@@ -320,14 +365,29 @@ def _compiled_forward(layer: _Inference, seed: int) -> Callable[[Tensor], Tensor
         nonlocal position
         if rows.shape[0] != draws:
             raise ValueError(f"expected rows for {draws} draws, got shape {tuple(rows.shape)}")
-        n = rows.shape[1]
+        windows = rows.dim() == WINDOW_DIMS
         shared = draws > 1 and rows.stride(0) == 0  # the same inputs for every draw: DAC them once
-        x = (rows[:1] if shared else rows).to(dtype)
-        result = torch.empty((draws, outputs, n), dtype=dtype)
-        forward_layer(x.numpy(), weights, noise_std, out_scale, layer.dac_levels or 0, layer.adc_levels or 0,
-                      layer.noisy, np.uint64(seed), np.int64(position), table, result.numpy())
-        position += samples_used(draws, c_tiles, outputs, n)
-        return result.transpose(1, 2)
+        x = rows[:1] if shared else rows
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        split = 4 if windows else 2  # vector dims x.shape[1:split], column dims x.shape[split:]
+        vectors = x.shape[1:split]
+        if windows:
+            result = torch.empty((draws, vectors[0], outputs, *vectors[1:]), dtype=dtype)
+            out_vectors = (result.stride(1), *result.stride()[3:])
+        else:
+            result = torch.empty((draws, *vectors, outputs), dtype=dtype)
+            out_vectors = result.stride()[1:2]
+        if result.numel() == 0:
+            return result
+        forward_layer(
+            _storage(x), _offsets(x.shape[:1], x.stride()[:1]), _offsets(vectors, x.stride()[1:split]),
+            _offsets(x.shape[split:], x.stride()[split:]), weights, noise_std, out_scale, layer.dac_levels or 0,
+            layer.adc_levels or 0, layer.noisy, np.uint64(seed), np.int64(position), table, result.view(-1).numpy(),
+            _offsets((draws,), result.stride()[:1]), _offsets(vectors, out_vectors),
+            _offsets((outputs,), (result.stride(2 if windows else -1),)))
+        position += samples_used(draws, c_tiles, outputs, math.prod(vectors))
+        return result
 
     return run
 

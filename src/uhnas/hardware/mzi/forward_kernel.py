@@ -4,10 +4,18 @@ The model is `_Inference`'s (uhnas.hardware.mzi.backend): per draw d, input vect
 codes a = round(L_in x / s) of the tile's K inputs (s: their largest magnitude), the detected partial sums
 y[o] = sum_k W[c, d, o, k] a[k] + sigma[c, o] z in ADC steps, the ADC's round and clamp, and the digital
 accumulation out[o] += y[o] q[c, o] s.  Here all of it is one loop nest over chunks of input vectors (the
-contiguous, vectorised axis), so each partial sum is produced, made noisy, quantised and accumulated while it is in
-a register, instead of in six passes over memory.  The detector noise of (d, c, o, v) is sample
-``start + ((d C + c) out + o) n4 + v`` of the layer's counter-based stream (:mod:`uhnas.hardware.counter_rng`;
-n4 = n rounded up to a multiple of 4), drawn where it is used.
+vectorised axis, a compile-time length), so each partial sum is produced, made noisy, quantised and accumulated
+while it is in a register, instead of in six passes over memory.
+
+Inputs and outputs are addressed through offset tables, so the kernel reads any strided layout in place: input
+(d, v, col) is ``src[draw_offset[d] + vector_offset[v] + column_offset[col]]`` (a conv layer's im2col windows are
+read straight from the padded activations, with no unfolded copy), and output (d, v, o) goes to
+``out[out_draw_offset[d] + out_vector_offset[v] + out_offset[o]]`` (a conv layer writes NCHW directly).  Per-draw
+inputs are processed draw by draw (one draw's activations and blocks stay in cache); inputs shared by every draw
+(a single draw offset) chunk by chunk, their codes made once for all draws.
+
+The detector noise of (d, c, o, v) is sample ``start + ((d C + c) out + o) n4 + v`` of the layer's counter-based
+stream (:mod:`uhnas.hardware.counter_rng`; n4 = n rounded up to a multiple of 4), drawn where it is used.
 """
 
 from __future__ import annotations
@@ -27,9 +35,12 @@ def samples_used(draws: int, tiles: int, outputs: int, vectors: int) -> int:
     return draws * tiles * outputs * ((vectors + 3) // 4 * 4)
 
 
-@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def forward_layer(  # pragma: no cover - compiled; checked against the torch forward in tests/test_mzi_kernels.py
-    rows: np.ndarray,  # (D or 1, n, in) inputs; one row set shared by every draw when its first extent is 1
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
+def forward_layer(  # pragma: no cover - compiled; checked against the torch forward in tests/test_mzi_backend.py
+    src: np.ndarray,  # flat input storage
+    draw_offset: np.ndarray,  # (D or 1,) int64; one entry: the same inputs for every draw
+    vector_offset: np.ndarray,  # (n,) int64
+    column_offset: np.ndarray,  # (in,) int64
     weights: np.ndarray,  # (C, D, out, K) blocks in ADC steps per DAC code
     noise_std: np.ndarray,  # (C, out) detector noise in ADC steps
     out_scale: np.ndarray,  # (C, out) one ADC step in output units per unit input scale
@@ -39,39 +50,59 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
     seed: np.uint64,
     start: np.int64,  # first stream sample of this call (a multiple of 4)
     table: np.ndarray,  # (2^16,) discretised normal
-    result: np.ndarray,  # (D, out, n) output, overwritten
+    out: np.ndarray,  # flat output storage, every addressed element overwritten
+    out_draw_offset: np.ndarray,  # (D,) int64
+    out_vector_offset: np.ndarray,  # (n,) int64
+    out_offset: np.ndarray,  # (out,) int64
 ) -> None:
     c_tiles, draws, outputs, k = weights.shape
-    n, cols = rows.shape[1], rows.shape[2]
-    shared = rows.shape[0] == 1 and draws > 1
+    n, cols = vector_offset.shape[0], column_offset.shape[0]
+    shared = draw_offset.shape[0] == 1 and draws > 1
     n4 = (n + 3) // 4 * 4
     dtype = weights.dtype
     tiny = np.finfo(dtype).tiny
+    levels_in = dtype.type(dac_levels)
+    lim = dtype.type(adc_levels)
+    # every pass below runs over a whole chunk (a constant trip count the compiler unrolls into vector registers);
+    # lanes past the last vector hold zero codes and are never stored
     codes = np.zeros((c_tiles, k, VECTORS), dtype=dtype)
     scale = np.empty((c_tiles, VECTORS), dtype=dtype)
     y = np.empty(VECTORS, dtype=dtype)
     z = np.empty(VECTORS, dtype=dtype)
-    for v0 in range(0, n, VECTORS):
-        m = min(VECTORS, n - v0)
-        for d in range(draws):
+    acc = np.empty(VECTORS, dtype=dtype)
+    chunks = (n + VECTORS - 1) // VECTORS
+    outer, inner = (chunks, draws) if shared else (draws, chunks)
+    for i in range(outer):
+        for j in range(inner):
+            chunk, d = (i, j) if shared else (j, i)
+            v0 = chunk * VECTORS
+            m = min(VECTORS, n - v0)
             if d == 0 or not shared:  # DAC codes and per-tile scales of this chunk
-                src = rows[0 if shared else d]
+                base = draw_offset[0 if shared else d]
                 for c in range(c_tiles):
-                    for vi in range(m):
-                        scale[c, vi] = tiny
+                    sc = scale[c]
+                    for vi in range(VECTORS):
+                        sc[vi] = tiny
                     for kk in range(k):
                         col = c * k + kk
+                        cc = codes[c, kk]
                         if col < cols:
+                            at = base + column_offset[col]
                             for vi in range(m):
-                                x = src[v0 + vi, col]
-                                codes[c, kk, vi] = x
-                                scale[c, vi] = max(scale[c, vi], abs(x))
+                                x = src[at + vector_offset[v0 + vi]]
+                                cc[vi] = x
+                                sc[vi] = max(sc[vi], abs(x))
+                            for vi in range(m, VECTORS):
+                                cc[vi] = 0
                     for kk in range(k):
-                        for vi in range(m):
-                            a = codes[c, kk, vi] / scale[c, vi]  # |a| <= 1 exactly (IEEE division)
-                            codes[c, kk, vi] = np.rint(a * dac_levels) if dac_levels > 0 else a
+                        cc = codes[c, kk]
+                        if dac_levels > 0:
+                            for vi in range(VECTORS):
+                                cc[vi] = np.rint((cc[vi] / sc[vi]) * levels_in)  # |x / s| <= 1 exactly: no clamp
+                        else:
+                            for vi in range(VECTORS):
+                                cc[vi] = cc[vi] / sc[vi]
             for o in range(outputs):
-                acc = result[d, o]
                 for c in range(c_tiles):
                     w = weights[c, d, o]
                     cw = codes[c]
@@ -79,42 +110,43 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                         w0, w1, w2, w3 = w[kk], w[kk + 1], w[kk + 2], w[kk + 3]
                         c0, c1, c2, c3 = cw[kk], cw[kk + 1], cw[kk + 2], cw[kk + 3]
                         if kk == 0:
-                            for vi in range(m):
+                            for vi in range(VECTORS):
                                 y[vi] = w0 * c0[vi] + w1 * c1[vi] + w2 * c2[vi] + w3 * c3[vi]
                         else:
-                            for vi in range(m):
+                            for vi in range(VECTORS):
                                 y[vi] += w0 * c0[vi] + w1 * c1[vi] + w2 * c2[vi] + w3 * c3[vi]
                     for kk in range(k - k % 4, k):
                         wk, ck = w[kk], cw[kk]
                         if kk == 0:
-                            for vi in range(m):
+                            for vi in range(VECTORS):
                                 y[vi] = wk * ck[vi]
                         else:
-                            for vi in range(m):
+                            for vi in range(VECTORS):
                                 y[vi] += wk * ck[vi]
                     if noisy:
                         std = noise_std[c, o]
                         word = np.uint64((start + ((d * c_tiles + c) * outputs + o) * n4 + v0) // 4)
-                        for q in range((m + 3) // 4):
+                        for q in range(VECTORS // 4):
                             bits = mix(seed, word + np.uint64(q))
                             for lane in range(4):
                                 z[4 * q + lane] = table[(bits >> np.uint64(16 * lane)) & LANE_MASK]
-                        for vi in range(m):
+                        for vi in range(VECTORS):
                             y[vi] += std * z[vi]
                     unit = out_scale[c, o]
                     sc = scale[c]
-                    out_c = acc[v0 : v0 + m]
                     if adc_levels > 0:
-                        lim = dtype.type(adc_levels)
                         if c == 0:
-                            for vi in range(m):
-                                out_c[vi] = min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
+                            for vi in range(VECTORS):
+                                acc[vi] = min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
                         else:
-                            for vi in range(m):
-                                out_c[vi] += min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
+                            for vi in range(VECTORS):
+                                acc[vi] += min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
                     elif c == 0:
-                        for vi in range(m):
-                            out_c[vi] = y[vi] * unit * sc[vi]
+                        for vi in range(VECTORS):
+                            acc[vi] = y[vi] * unit * sc[vi]
                     else:
-                        for vi in range(m):
-                            out_c[vi] += y[vi] * unit * sc[vi]
+                        for vi in range(VECTORS):
+                            acc[vi] += y[vi] * unit * sc[vi]
+                at = out_draw_offset[d] + out_offset[o]
+                for vi in range(m):
+                    out[at + out_vector_offset[v0 + vi]] = acc[vi]
