@@ -119,3 +119,26 @@ def test_streams_of_different_seeds_are_uncorrelated() -> None:
     a = counter_rng.counter_normals(1, 1 << 16, dtype=torch.float64).numpy()
     b = counter_rng.counter_normals(2, 1 << 16, dtype=torch.float64).numpy()
     assert abs(np.mean(a * b)) < 5 / math.sqrt(a.size)
+
+
+@pytest.mark.parametrize(("n", "meshes"), [(1, 1), (1, 4), (2, 3), (3, 1), (8, 20), (13, 3), (32, 2)])
+def test_compiled_decomposition_equals_clements_decompose(n: int, meshes: int) -> None:
+    from scipy.stats import unitary_group
+
+    us = np.stack([np.atleast_2d(unitary_group.rvs(n, random_state=1000 * n + i)) for i in range(meshes)])
+    stack = mz.clements_decompose_many(us)  # the compiled decomposition (`decompose_kernel`)
+    assert isinstance(stack, MeshStack) and len(stack) == meshes and stack.n == n
+    for i, u in enumerate(us):
+        one = mz.clements_decompose(u)  # the reference, one matrix at a time
+        for a, b in ((stack.theta[i], one.theta), (stack.phi[i], one.phi), (stack.output_phase[i], one.output_phase)):
+            assert a.dtype == torch.float64 and a.shape == b.shape
+            wrapped = torch.remainder(a - b + math.pi, 2 * math.pi) - math.pi  # equal up to 2 pi (n = 1: no MZIs)
+            assert bool((wrapped.abs() < 1e-9).all())
+    assert float((mesh_matrices(stack, dtype=torch.complex128) - torch.from_numpy(us)).abs().max()) < 1e-10
+    bad = us.copy()
+    bad[-1, 0, 0] *= 1.1
+    with pytest.raises(ValueError, match="matrix is not unitary") as many:
+        mz.clements_decompose_many(bad)
+    with pytest.raises(ValueError) as single:
+        mz.clements_decompose(bad[-1])
+    assert str(many.value) == str(single.value)

@@ -55,7 +55,8 @@ column-by-column product, laid out with the batch innermost (:func:`_build_colum
 Many meshes of one size (the 2 meshes of every K x K block of a layer) are built by :func:`mesh_matrices` in one
 batch of meshes x draws: one gate table, one builder pass, a fixed per-call overhead paid once instead of per mesh;
 a :class:`MeshStack` caches the programmed phases across calls, and :func:`clements_decompose_many` decomposes many
-unitaries in one vectorised pass.  Measured by ``python bench/mesh.py``.
+unitaries in one call to a compiled loop (:mod:`uhnas.hardware.mzi.decompose_kernel`).  Measured by
+``python bench/mesh.py``.
 """
 
 from __future__ import annotations
@@ -335,13 +336,50 @@ def clements_decompose(u: Any) -> MeshPhases:
     return MeshPhases(n=n, theta=theta, phi=phi, output_phase=np.mod(diag, TWO_PI))
 
 
+@lru_cache(maxsize=64)
+def _decompose_plan(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The nulling sequence of :func:`clements_decompose` for n modes, and where each MZI lands in the mesh.
+
+    Per step, in nulling order: from the right (bool), upper mode m, row (right) or column (left) of the entry it
+    nulls, and its slot in ``theta``/``phi``: light meets the right MZIs first (in nulling order), then the left
+    ones moved through the diagonal (last nulled first), each in the first column after those of its two modes.
+    """
+    steps: list[tuple[bool, int, int]] = []
+    for i in range(n - 1):
+        if i % 2 == 0:
+            steps += [(True, i - j, n - 1 - j) for j in range(i + 1)]
+        else:
+            steps += [(False, n + j - i - 3, j - 1) for j in range(1, i + 2)]
+    lay = mesh_layout(n)
+    where = {(int(c), int(m)): k for k, (c, m) in enumerate(zip(lay.column, lay.top, strict=True))}
+    right = [s for s, step in enumerate(steps) if step[0]]
+    left = [s for s, step in enumerate(steps) if not step[0]]
+    last = np.full(n, -1, dtype=np.int64)
+    slot = np.zeros(len(steps), dtype=np.int64)
+    for s in right + left[::-1]:
+        m = steps[s][1]
+        col = int(max(last[m], last[m + 1]) + 1)
+        last[m] = last[m + 1] = col
+        k = where.get((col, m))
+        if k is None:  # cannot happen for the Clements ordering; guards the bookkeeping
+            raise RuntimeError(f"MZI on modes ({m}, {m + 1}) scheduled in column {col}, not a mesh position")
+        slot[s] = k
+    from_right = np.array([step[0] for step in steps], dtype=np.bool_)
+    mode = np.array([step[1] for step in steps], dtype=np.int64)
+    pivot = np.array([step[2] for step in steps], dtype=np.int64)
+    return from_right, mode, pivot, slot
+
+
 def clements_decompose_many(us: Any) -> MeshStack:
     """Phases of the meshes that realise ``M`` unitaries of one size, (M, n, n) -> :class:`MeshStack`.
 
-    The algorithm of :func:`clements_decompose`, vectorised over the batch: the sequence of nullings and the
-    column schedule depend only on n, so every step is one elementwise numpy operation on all M matrices (equal
-    to per-matrix calls to rounding error; far faster for many small meshes, e.g. the blocks of a layer).
+    The algorithm of :func:`clements_decompose` (equal to per-matrix calls to rounding error), for the whole stack
+    in one call to a compiled loop (:mod:`uhnas.hardware.mzi.decompose_kernel`, Numba) that nulls one matrix after
+    the other in place; the nulling sequence and the column schedule depend only on n and are computed once per n.
+    Far faster than per-matrix calls for many small meshes, e.g. the blocks of a layer.
     """
+    from uhnas.hardware.mzi.decompose_kernel import decompose_stack  # compiled on first use (Numba)
+
     mats = us.detach().cpu().numpy() if isinstance(us, Tensor) else np.asarray(us)
     mats = np.array(mats, dtype=np.complex128)
     if mats.ndim != 3 or mats.shape[1] != mats.shape[2] or mats.shape[0] < 1:
@@ -350,60 +388,10 @@ def clements_decompose_many(us: Any) -> MeshStack:
     dev = np.abs(mats @ mats.conj().transpose(0, 2, 1) - np.eye(n)).max() if n else 0.0
     if dev > 1e-6:  # as clements_decompose
         raise ValueError(f"matrix is not unitary (max |U U^dagger - I| = {dev:.2e})")
-    lay = mesh_layout(n)
-    w = mats
-    right: list[tuple[int, np.ndarray, np.ndarray]] = []
-    left: list[tuple[int, np.ndarray, np.ndarray]] = []
-
-    def mzi(theta: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        g = 1j * np.exp(0.5j * theta)  # T = i e^{i theta/2} [[e^{i phi} s, c], [e^{i phi} c, -s]]
-        s_, c_ = np.sin(0.5 * theta), np.cos(0.5 * theta)
-        ge = g * np.exp(1j * phi)
-        return ge * s_, g * c_, ge * c_, -g * s_
-
-    for i in range(n - 1):
-        if i % 2 == 0:
-            for j in range(i + 1):
-                r, m = n - 1 - j, i - j
-                a, b = w[:, r, m], w[:, r, m + 1]
-                th = 2.0 * np.arctan2(np.abs(b), np.abs(a))
-                ph = (np.angle(a) - np.angle(b) + math.pi) % TWO_PI
-                t00, t01, t10, t11 = (x.conj()[:, None] for x in mzi(th, ph))  # T^dagger: (t00*, t10*; t01*, t11*)
-                col_m = w[:, :, m].copy()
-                w[:, :, m] = col_m * t00 + w[:, :, m + 1] * t01
-                w[:, :, m + 1] = col_m * t10 + w[:, :, m + 1] * t11
-                right.append((m, th, ph))
-        else:
-            for j in range(1, i + 2):
-                r = n + j - i - 2
-                c, m = j - 1, r - 1
-                a, b = w[:, m, c], w[:, r, c]
-                th = 2.0 * np.arctan2(np.abs(a), np.abs(b))
-                ph = (np.angle(b) - np.angle(a)) % TWO_PI
-                t00, t01, t10, t11 = (x[:, None] for x in mzi(th, ph))
-                row_m = w[:, m].copy()
-                w[:, m] = t00 * row_m + t01 * w[:, r]
-                w[:, r] = t10 * row_m + t11 * w[:, r]
-                left.append((m, th, ph))
-    diag = np.angle(np.diagonal(w, axis1=1, axis2=2)).copy()  # (M, n)
-    moved: list[tuple[int, np.ndarray, np.ndarray]] = []
-    for m, th, ph in reversed(left):  # move each T_l^dagger through D (see clements_decompose)
-        a, b = diag[:, m].copy(), diag[:, m + 1].copy()
-        moved.append((m, th, (a - b) % TWO_PI))
-        diag[:, m] = b - th - ph + math.pi
-        diag[:, m + 1] = b - th + math.pi
-    last = np.full(n, -1, dtype=np.int64)
-    slot = {(int(c), int(m)): k for k, (c, m) in enumerate(zip(lay.column, lay.top, strict=True))}
-    theta = np.zeros((count, len(lay.column)))
-    phi = np.zeros((count, len(lay.column)))
-    for m, th, ph in right + moved:
-        col = int(max(last[m], last[m + 1]) + 1)
-        last[m] = last[m + 1] = col
-        k = slot.get((col, m))
-        if k is None:  # cannot happen for the Clements ordering; guards the bookkeeping
-            raise RuntimeError(f"MZI on modes ({m}, {m + 1}) scheduled in column {col}, not a mesh position")
-        theta[:, k], phi[:, k] = th, ph
-    return MeshStack(n, theta, phi, np.mod(diag, TWO_PI))
+    k_total = len(mesh_layout(n).column)
+    theta, phi, output = np.zeros((count, k_total)), np.zeros((count, k_total)), np.zeros((count, n))
+    decompose_stack(mats, *_decompose_plan(n), theta, phi, output)
+    return MeshStack(n, theta, phi, output)
 
 
 # --------------------------------------------------------------------------------------------------- noise
