@@ -44,6 +44,16 @@ def test_evaluate_json_has_the_promised_keys():
     assert data["energy_nj"] == pytest.approx(sum(data["energy_breakdown_nj"].values()))
 
 
+BAD_VALUES = [  # (backend, override, the one line it must print): out of range, a quantiser with no levels, inf/NaN, overflow
+    ("mzi-realistic", "loss_db_per_mzi=1000", "error: backend 'mzi-realistic': loss_db_per_mzi: Input should be less than or equal to 10"),
+    ("mzi-realistic", "adc_bits=1", "error: backend 'mzi-realistic': adc_bits: Input should be greater than or equal to 2"),
+    ("mzi-realistic", "dac_bits=1", "error: backend 'mzi-realistic': dac_bits: Input should be greater than or equal to 2"),
+    ("mzi-realistic", "phase_noise_std=inf", "error: backend 'mzi-realistic': phase_noise_std: Input should be a finite number"),
+    ("mzi-realistic", "phase_shifter_p_pi_mw=1e308", "error: energy component 'phase_holding' is inf nJ"),
+    ("gpu-b200-fp16", "energy_per_mac_pj=nan", "error: backend 'gpu-b200-fp16': energy_per_mac_pj: Input should be a finite number"),
+]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -56,6 +66,7 @@ def test_evaluate_json_has_the_promised_keys():
         (("evaluate", "examples/mlp_digits.json", "--epochs", "abc"), "Invalid value for '--epochs'"),
         (("evaluate", "examples/mlp_digits.json", "--epochs", "0"), "Invalid value for '--epochs'"),
         (("arch", "check", "{bad}", "--dataset", "mnist"), "layer 0 (linear): input is 1x28x28"),
+        *((("evaluate", "examples/mlp_digits.json", "--backend", backend, "--set", override), message) for backend, override, message in BAD_VALUES),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -77,6 +88,14 @@ def test_backends_lists_every_preset_as_json():
     data = json.loads(invoke("backends", "--json").stdout)
     names = {card["name"] for card in data["backends"]}
     assert {"ideal", "gpu-b200-fp16", "cpu-xeon8380-fp32"} <= names
+
+
+def test_broken_plugin_reason_is_shown_verbatim(monkeypatch):
+    reason = "nosuchmod:X: ModuleNotFoundError: No module named 'nosuchmod' [bold]"
+    monkeypatch.setattr("uhnas.hardware.registry.broken_families", lambda: {"bad": reason})
+    result = invoke("backends")
+    assert result.exit_code == 0
+    assert f"backend plugin 'bad' failed to load: {reason}" in " ".join(result.stdout.split())  # no emoji, no markup
 
 
 def test_entry_point_runs_as_a_program():

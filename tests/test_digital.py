@@ -23,7 +23,7 @@ def test_gpu_energy_by_hand():
     macs = 64 * 32 + 32 * 10  # 2368
     ops = 32  # one ReLU per hidden unit
     params = 64 * 32 + 32 + 32 * 10 + 10  # 2410
-    activations = (64 + 64) + (64 + 32) + (32 + 32) + (32 + 10)  # values read + written per layer: 330
+    activations = (64 + 32) + (32 + 32) + (32 + 10)  # values read + written per layer (flatten moves none): 202
     expected = {
         "compute": macs * 0.89 / 1000,
         "elementwise": ops * 0.445 / 1000,
@@ -33,6 +33,8 @@ def test_gpu_energy_by_hand():
     assert report.breakdown_nj == pytest.approx(expected, rel=1e-12)
     assert report.total_nj == pytest.approx(sum(expected.values()), rel=1e-12)
     assert report.latency_ns == pytest.approx(macs / 1.125e15 * 1e9)
+    with_dropout = {"layers": [*MLP["layers"][:3], {"type": "dropout", "p": 0.5}, MLP["layers"][3]]}
+    assert load_backend("gpu-b200-fp16").energy(analyze(parse_architecture(with_dropout), (1, 8, 8), 10)).breakdown_nj == report.breakdown_nj
 
 
 def test_cpu_costs_about_a_hundred_times_the_gpu_per_mac():
@@ -73,6 +75,9 @@ def test_overrides_and_errors(tmp_path):
         load_backend("gpu-b200-fp16", ["energy_per_mac_pj"])
     with pytest.raises(BackendError, match="energy_per_mac_pj: Input should be greater than 0"):
         load_backend("gpu-b200-fp16", ["energy_per_mac_pj=-1"])
+    for bad in ("energy_per_mac_pj=inf", "peak_macs_per_s=.nan"):
+        with pytest.raises(BackendError, match="Input should be a finite number"):
+            load_backend("gpu-b200-fp16", [bad])
     with pytest.raises(BackendError, match="unknown backend 'tpu'; installed: "):
         load_backend("tpu")
 
@@ -99,3 +104,20 @@ def test_every_preset_constant_has_a_unit_field_and_a_source():
     for name in available_backends():
         for key, constant in load_preset(name).constants.items():
             assert constant.source.strip(), f"{name}.{key} has no source"
+
+
+def _numeric_looking(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_every_card_constant_is_typed_never_a_numeric_looking_string():
+    # YAML 1.1 reads 1.47e12 (no exponent sign) as a string: presets write 1.47e+12
+    for name in available_backends():
+        for key, constant in load_backend(name).describe().constants.items():
+            value = constant["value"]
+            assert value is None or isinstance(value, (bool, int, float, str)), f"{name}.{key}: {value!r}"
+            assert not (isinstance(value, str) and _numeric_looking(value)), f"{name}.{key} is the string {value!r}"

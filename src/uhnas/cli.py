@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from uhnas.allocator import keep_freed_memory
@@ -248,7 +249,8 @@ def backends(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
             console.print(card["description"])
             console.print(table)
         for name, reason in broken.items():
-            console.print(f"[red]backend plugin {name!r} failed to load:[/red] {reason}")
+            # the reason quotes the entry point ("module:attr") and the error: shown verbatim, neither markup nor emoji
+            console.print(f"[red]backend plugin {escape(repr(name))} failed to load:[/red] {escape(reason)}", emoji=False)
 
 
 # --------------------------------------------------------------------------------------- search

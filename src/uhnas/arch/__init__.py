@@ -13,10 +13,11 @@ from uhnas.arch.model import (
     to_json,
 )
 from uhnas.arch.schema import architecture_schema
-from uhnas.arch.shapes import ArchSummary, LayerInfo, analyze
+from uhnas.arch.shapes import DATA_FREE_LAYERS, ArchSummary, LayerInfo, analyze
 
 __all__ = [
     "ACTIVATIONS",
+    "DATA_FREE_LAYERS",
     "LAYER_TYPES",
     "ArchSummary",
     "Architecture",

@@ -26,6 +26,10 @@ from uhnas.arch.model import (
 
 Shape = tuple[int, ...]
 
+DATA_FREE_LAYERS = ("flatten", "dropout")
+"""Layers that move no data at inference: a view (flatten) and an inference-time identity (dropout). Hardware
+energy models charge them no arithmetic and no memory traffic."""
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -40,6 +44,11 @@ class LayerInfo:
     matrix: tuple[int, int] | None = None  # (rows=out, cols=in) of the weight matrix for linear/conv
     reuse: int = 0  # matrix-vector products per inference (1 for linear, output pixels for conv)
     in_numel: int = 0
+
+    @property
+    def moves_data(self) -> bool:
+        """False for the layers that leave their input in place at inference (`DATA_FREE_LAYERS`)."""
+        return self.type not in DATA_FREE_LAYERS
 
     @property
     def out_numel(self) -> int:

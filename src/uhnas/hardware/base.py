@@ -8,6 +8,7 @@ changes when the backend does, so results on different hardware compare fairly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -51,6 +52,11 @@ class EnergyReport:
     breakdown_nj: dict[str, float]
     latency_ns: float | None = None
     assumptions: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, value in self.breakdown_nj.items():
+            if not math.isfinite(value):  # a constant far beyond any device's range overflowed the model
+                raise ValueError(f"energy component {key!r} is {value} nJ: a backend constant is out of any device's range")
 
     @property
     def total_nj(self) -> float:

@@ -1,7 +1,8 @@
 """Digital backends (GPU, CPU, ideal): energy per MAC, elementwise op and byte moved; precision emulation.
 
 Energy per inference = MACs x pJ/MAC + elementwise ops x pJ/op + weight bytes fetched / batch x pJ/byte
-+ activation bytes read and written x pJ/byte. Numbers come from the preset YAML (with sources).
++ activation bytes read and written x pJ/byte (by every layer but flatten and dropout, which move no data:
+`uhnas.arch.DATA_FREE_LAYERS`). Numbers come from the preset YAML (with sources).
 Digital devices are deterministic: every Monte-Carlo draw gives the same result.
 """
 
@@ -24,7 +25,7 @@ PJ_PER_NJ = 1000.0
 class DigitalParams(BaseModel):
     """Constants of a digital backend (units in the field names)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     precision: Precision
     energy_per_mac_pj: float = Field(gt=0)
     energy_per_op_pj: float = Field(ge=0)
@@ -83,7 +84,7 @@ class DigitalBackend:
         """Energy per inference by component, nJ."""
         p = self.params
         value_bytes = BYTES_PER_VALUE[p.precision]
-        activation_values = sum(layer.in_numel + layer.out_numel for layer in summary.layers)
+        activation_values = sum(layer.in_numel + layer.out_numel for layer in summary.layers if layer.moves_data)
         breakdown = {
             "compute": summary.macs * p.energy_per_mac_pj / PJ_PER_NJ,
             "elementwise": summary.ops * p.energy_per_op_pj / PJ_PER_NJ,

@@ -46,7 +46,10 @@ from uhnas.hardware.sampling import quantile_table
 class MZIParams(BaseModel):
     """Constants of an MZI-mesh backend (units in the names or in the preset YAML)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Upper bounds on dB quantities keep 10^(dB/10) finite and reject values no device has: no working MZI loses
+    # 10 dB (90 % of its light; the reference's worst is 0.99 dB), no chip couples in with 30 dB of loss, and a
+    # detector's sensitivity lies far inside [-100, 20] dBm (hardware.md: -25 to -27 dBm).
     # mapping and timing
     mesh_size: int = Field(ge=3, le=64)
     clock_ghz: float = Field(gt=0)
@@ -54,20 +57,21 @@ class MZIParams(BaseModel):
     phase_noise_std: float = Field(ge=0)
     phase_bits: int | None = Field(default=None, ge=1, le=24)
     crosstalk: float = Field(ge=0, lt=0.5)
-    loss_db_per_mzi: float = Field(ge=0)
-    loss_db_std: float = Field(ge=0)
+    loss_db_per_mzi: float = Field(ge=0, le=10)
+    loss_db_std: float = Field(ge=0, le=10)
     coupler_error_std: float = Field(ge=0, lt=0.5)
-    # converters (null bits = ideal converter, priced at the reference bits)
-    dac_bits: int | None = Field(default=None, ge=1, le=24)
-    adc_bits: int | None = Field(default=None, ge=1, le=24)
-    dac_reference_bits: int = Field(ge=1, le=24)
-    adc_reference_bits: int = Field(ge=1, le=24)
+    # converters (null bits = ideal converter, priced at the reference bits); signed quantisers need 2 bits at least:
+    # b bits give 2^(b-1) - 1 levels per sign, none at b = 1
+    dac_bits: int | None = Field(default=None, ge=2, le=24)
+    adc_bits: int | None = Field(default=None, ge=2, le=24)
+    dac_reference_bits: int = Field(ge=2, le=24)
+    adc_reference_bits: int = Field(ge=2, le=24)
     dac_energy_pj: float = Field(ge=0)
     adc_energy_pj: float = Field(ge=0)
     modulator_energy_pj: float = Field(ge=0)
     # detection
     detector_noise: bool
-    pd_sensitivity_dbm: float
+    pd_sensitivity_dbm: float = Field(ge=-100, le=20)
     responsivity_a_per_w: float = Field(gt=0)
     dark_current_a: float = Field(ge=0)
     load_resistance_ohm: float = Field(gt=0)
@@ -75,7 +79,7 @@ class MZIParams(BaseModel):
     tia_power_mw: float = Field(ge=0)
     # laser and optics
     laser_wall_plug_efficiency: float = Field(gt=0, le=1)
-    coupling_loss_db: float = Field(ge=0)
+    coupling_loss_db: float = Field(ge=0, le=30)
     # phase shifters
     phase_shifter_p_pi_mw: float = Field(ge=0)
     mean_phase_over_pi: float = Field(ge=0, le=2)
@@ -84,7 +88,10 @@ class MZIParams(BaseModel):
     digital_mult_pj: float = Field(ge=0)
     sram_pj_per_byte: float = Field(ge=0)
     activation_bytes: float = Field(gt=0)
-    # chip limits (null = unlimited)
+    # chip limits (null = unlimited), checked by `MZIBackend.check`
+    max_mesh_size: int | None = Field(default=None, ge=3)
+    max_path_loss_db: float | None = Field(default=None, gt=0)
+    max_phase_bits: int | None = Field(default=None, ge=1)
     max_mzis: int | None = Field(default=None, ge=1)
     max_optical_power_mw: float | None = Field(default=None, gt=0)
 
@@ -194,22 +201,33 @@ class MZIBackend:
                 "detector shot + thermal noise from the received laser power",
                 "DAC and ADC quantisation",
                 "energy: laser (SimPhony rule), DAC, modulators, ADC, TIAs, phase-shifter holding, digital periphery, SRAM",
-                "constraints: MZI budget, optical power budget",
+                "constraints: mesh size, path loss budget, phase precision, MZI budget, optical power budget",
             ),
             constants=self.preset.card_constants(),
         )
 
     def check(self, summary: ArchSummary) -> list[Violation]:
-        """Limits broken, named by preset key: max_mzis (weight-stationary MZIs), max_optical_power_mw (all layers lit)."""
+        """Limits broken (a null limit is unlimited), each named by its preset key and measured in its unit.
+
+        max_mesh_size: mesh_size against the largest mesh the chip provides (modes); max_path_loss_db: insertion
+        loss of one SVD block's light path, (2K+1) x IL_MZI + coupling, as the laser model prices it (dB);
+        max_phase_bits: phase_bits asked of the phase drivers (bits; null phase_bits, the exact-phase simulation
+        switch, is not checked); max_mzis: MZIs holding every tile at once (weight-stationary); max_optical_power_mw:
+        optical laser power with every layer lit (mW). The first three depend on the preset, not the architecture.
+        """
         p = self.params
-        violations = []
-        mzis = energy.total_mzis(summary, p)
-        if p.max_mzis is not None and mzis > p.max_mzis:
-            violations.append(Violation("max_mzis", float(p.max_mzis), float(mzis), "MZIs"))
-        optical = energy.total_optical_power_mw(summary, p)
-        if p.max_optical_power_mw is not None and optical > p.max_optical_power_mw:
-            violations.append(Violation("max_optical_power_mw", p.max_optical_power_mw, optical, "mW"))
-        return violations
+        measured = (
+            ("max_mesh_size", p.max_mesh_size, p.mesh_size, "modes"),
+            ("max_path_loss_db", p.max_path_loss_db, energy.path_loss_db(p), "dB"),
+            ("max_phase_bits", p.max_phase_bits, p.phase_bits, "bits"),
+            ("max_mzis", p.max_mzis, energy.total_mzis(summary, p), "MZIs"),
+            ("max_optical_power_mw", p.max_optical_power_mw, energy.total_optical_power_mw(summary, p), "mW"),
+        )
+        return [
+            Violation(key, float(limit), float(actual), unit)
+            for key, limit, actual, unit in measured
+            if limit is not None and actual is not None and actual > limit
+        ]
 
     def energy(self, summary: ArchSummary) -> EnergyReport:
         """Energy per inference by component (see `uhnas.hardware.mzi.energy`)."""

@@ -24,6 +24,7 @@ Per inference (f = clock, b_o = output/ADC bits, b_i = DAC bits; sources in the 
 - digital    per layer and use: in compares + in multiplies (DAC scaling of each input vector by its
              max), out*C multiplies (rescaling each partial sum), (C-1)*out adds (accumulation), out adds
              (bias); plus the architecture's elementwise ops (activations, pooling, batchnorm) as adds
+             (flatten and dropout move no data: `uhnas.arch.DATA_FREE_LAYERS`)
 - memory     activations through on-chip SRAM: (in + out) * p values per matmul layer, in + out values per
              elementwise layer, times bytes per value and pJ per byte (LT / CACTI)
 Latency = sum_l p_l / f (each layer streams its p vectors; optics and converters pipelined within a cycle).
@@ -46,7 +47,6 @@ MW_PER_W = 1e3
 HZ_PER_GHZ = 1e9
 NS_PER_S = 1e9
 PJ_PER_J = 1e12
-ELEMENTWISE_FREE = ("flatten", "dropout")  # views and inference-time identities: no arithmetic, no memory traffic
 
 COMPONENTS = ("laser", "dac", "modulators", "adc", "detectors", "phase_holding", "digital", "memory")
 
@@ -167,7 +167,7 @@ def inferences_per_second(summary: ArchSummary, p: MZIParams) -> float:
 
 
 def _elementwise(layer: LayerInfo) -> bool:
-    return layer.matrix is None and layer.type not in ELEMENTWISE_FREE
+    return layer.matrix is None and layer.moves_data
 
 
 def energy_report(summary: ArchSummary, p: MZIParams) -> EnergyReport:
