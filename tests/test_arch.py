@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from strategies import architectures
 from uhnas.arch import (
     ArchitectureError,
+    Network,
     analyze,
     arch_hash,
     architecture_schema,
@@ -242,15 +243,19 @@ def test_max_pool_without_autograd_equals_torch_max_pool(kernel: int, stride: in
     assert grad.grad is not None and float(grad.grad.sum()) == fast.numel()
 
 
-def test_conv_rows_reach_programs_shared_across_draws_and_strided() -> None:
-    """The first conv with a program gets its im2col rows once for all draws (a stride-0 draw axis); a later
-    one gets per-draw rows; both as views that programs must accept, and the network output is unchanged."""
+def _two_convs() -> tuple[Network, torch.Tensor]:
+    """A padded conv, a strided conv and a linear layer on 2x7x7 inputs, and a batch of 5 inputs."""
     arch = parse_architecture({"layers": [
         {"type": "conv2d", "out_channels": 3, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
         {"type": "conv2d", "out_channels": 2, "kernel": 3, "stride": 2}, {"type": "flatten"},
         {"type": "linear", "out_features": 4}]})
-    model = build(arch, (2, 7, 7), 4, seed=0).eval()
-    x = torch.randn(5, 2, 7, 7, generator=torch.Generator().manual_seed(1))
+    return build(arch, (2, 7, 7), 4, seed=0).eval(), torch.randn(5, 2, 7, 7, generator=torch.Generator().manual_seed(1))
+
+
+def test_conv_rows_reach_programs_shared_across_draws_and_strided() -> None:
+    """The first conv with a program gets its im2col rows once for all draws (a stride-0 draw axis); a later
+    one gets per-draw rows; both as views that programs must accept, and the network output is unchanged."""
+    model, x = _two_convs()
     seen: list[torch.Tensor] = []
 
     def exact(layer):  # the plain product, recording what it was given
@@ -273,12 +278,7 @@ def test_conv_rows_reach_programs_shared_across_draws_and_strided() -> None:
 def test_conv_windows_reach_programs_that_take_them_without_an_unfolded_copy() -> None:
     """A program with ``takes_windows`` gets a conv layer's im2col windows as a (draws, B, h, w, C, k, k) view of the
     padded activations (shared across draws for the first layer) and returns NCHW: the network output is unchanged."""
-    arch = parse_architecture({"layers": [
-        {"type": "conv2d", "out_channels": 3, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
-        {"type": "conv2d", "out_channels": 2, "kernel": 3, "stride": 2}, {"type": "flatten"},
-        {"type": "linear", "out_features": 4}]})
-    model = build(arch, (2, 7, 7), 4, seed=0).eval()
-    x = torch.randn(5, 2, 7, 7, generator=torch.Generator().manual_seed(1))
+    model, x = _two_convs()
     seen: list[torch.Tensor] = []
 
     def exact(layer):  # the plain product on windows (conv) or rows (linear), recording what it was given
