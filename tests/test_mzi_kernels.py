@@ -142,3 +142,59 @@ def test_compiled_decomposition_equals_clements_decompose(n: int, meshes: int) -
     with pytest.raises(ValueError) as single:
         mz.clements_decompose(bad[-1])
     assert str(many.value) == str(single.value)
+
+
+# ------------------------------------------------------------------------------------------- mesh kernel layouts
+def kernel_arguments(monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple:
+    """The arguments mesh_matrices (compiled builder) passes to `mesh_kernel.build_meshes`."""
+    from uhnas.hardware.mzi import mesh_kernel
+
+    seen = []
+    real = mesh_kernel.build_meshes
+
+    def record(*args):
+        seen.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(mz, "_COMPILED_ON_CPU", True)
+    monkeypatch.setattr(mesh_kernel, "build_meshes", record)
+    mesh_matrices(**kwargs)
+    return seen[0]
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 8, 13, 17, 33])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("case", ["every_error", "phase", "couplers", "loss", "systematic", "ideal", "one_chip",
+                                  "chip_per_mesh"])
+def test_mesh_kernel_layouts_agree(monkeypatch, n: int, dtype, case: str) -> None:
+    """The small-mesh layout (realisations in the lanes, diagonal factors folded into the MZIs) and the large-mesh
+    layout (matrix columns in the lanes) compute the same matrices; 21 realisations: one batch of 16 and a part."""
+    from uhnas.hardware.mzi import mesh_kernel
+
+    noise = {"phase": MeshNoise(phase_std=0.05), "couplers": MeshNoise(coupler_error_std=0.03),
+             "loss": MeshNoise(loss_db_per_mzi=0.3, loss_db_std=0.1),
+             "systematic": MeshNoise(phase_bits=5, crosstalk=0.02), "ideal": MeshNoise()}.get(case, FULL_NOISE)
+    meshes, draws = 3, 7
+    chip = None
+    if case in ("one_chip", "chip_per_mesh"):
+        chip = sample_chip(n, FULL_NOISE, torch.Generator().manual_seed(2), draws=1 if case == "one_chip" else meshes)
+    args = kernel_arguments(monkeypatch, phases=random_stack(n, meshes, seed=n), draws=draws, noise=noise, chip=chip,
+                            generator=torch.Generator().manual_seed(3), dtype=dtype)
+    lanes, columns = np.zeros_like(args[0]), np.zeros_like(args[0])
+    mesh_kernel._build_lanes(lanes, *args[1:])
+    mesh_kernel._build_columns(columns, *args[1:])
+    tol = 2e-5 if dtype == torch.complex64 else 1e-11
+    assert float(np.abs(lanes - columns).max()) < tol
+    assert float(np.abs(columns).max()) > 0.1  # filled
+
+
+def test_noise_rotation_half_table_holds_every_table_value() -> None:
+    """e^{i sigma t} of every one of the 2^16 table values t from the antisymmetric half table."""
+    from uhnas.hardware.mzi import mesh_kernel
+
+    sigma = 0.3
+    table = quantile_table(torch.float64).numpy()
+    rot = mesh_kernel.noise_rotations(sigma, np.float64)
+    assert rot.shape == (1 << 15, 2)
+    got = np.array([mesh_kernel._rotation(rot, np.int64(u)) for u in range(1 << 16)])
+    assert np.array_equal(got[:, 0], np.cos(sigma * table)) and np.array_equal(got[:, 1], np.sin(sigma * table))

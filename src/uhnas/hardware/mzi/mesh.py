@@ -35,10 +35,10 @@ spread).  Every path then crosses ``depth`` loss elements, so uniform loss is th
 
 Speed
 -----
-On a CPU the matrices come from a compiled loop (:mod:`uhnas.hardware.mzi.mesh_kernel`, Numba): per mesh and draw,
-the matrix is accumulated column by column in two cache-resident real planes, each MZI's 2x2 update applied only
-over the columns light has reached, its transfer made from cos/sin of the programmed phases times a table of
-e^{i sigma z} (no sine per draw).  Elsewhere (CUDA) the same model runs as torch ops: rebuilding a mesh column by
+On a CPU the matrices come from compiled loops (:mod:`uhnas.hardware.mzi.mesh_kernel`, Numba): each MZI's 2x2
+update applied only over the columns light has reached, its transfer made from cos/sin of the programmed phases
+times a table of e^{i sigma z} (no sine per draw); small meshes (the backend's 8 x 8) 16 realisations at a time,
+one per vector lane, large ones one realisation at a time in two cache-resident real planes.  Elsewhere (CUDA) the same model runs as torch ops: rebuilding a mesh column by
 column costs 2 n^3 complex multiply-adds per draw spread over ~n elementwise passes over the whole
 (draws, n, n) matrix, which is memory-bound.  The torch builder instead uses light-cone tiles
 (see the comments above :func:`_make_plan` and :func:`_build_tiles`): over s/2 consecutive columns the MZIs split
@@ -1057,8 +1057,7 @@ def _compiled_matrices(
     np_dtype = np.float32 if rdtype == torch.float32 else np.float64
     noisy = noise.phase_std > 0
     seeds = seed_of(generator, meshes) if noisy else np.zeros(meshes, dtype=np.uint64)
-    rot = noise_rotations(float(noise.phase_std), np_dtype) if noisy else (
-        np.ones(1, np_dtype), np.zeros(1, np_dtype))
+    rot = noise_rotations(float(noise.phase_std), np_dtype) if noisy else np.zeros((1, 2), np_dtype)
     per_mesh = n_draws if noisy or cb > 1 else 1
     column_start, dummy_start = _column_bounds(n)
     out = torch.empty((meshes, per_mesh, n, n), dtype=dtype)
@@ -1072,7 +1071,7 @@ def _compiled_matrices(
     dummy_amp = (chip.dummy_loss_db.to(rdtype).mul(db_to_amp).exp_() if lossy
                  else torch.ones((chips, 0), dtype=rdtype))
     build_meshes(out.numpy(), column_start, lay.top, dummy_start, lay.dummy_mode,
-                 *_nominal_rotations(stack, noise, np_dtype), seeds, noisy, *rot, ratio.numpy(),
+                 *_nominal_rotations(stack, noise, np_dtype), seeds, noisy, rot, ratio.numpy(),
                  amp.contiguous().numpy(), dummy_amp.contiguous().numpy(), cm, cb)
     return out
 
