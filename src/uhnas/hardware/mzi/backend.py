@@ -300,13 +300,10 @@ class MZIBackend:
         def run(rows: Tensor) -> Tensor:
             device = rows.device
             if device not in per_device:
-                per_device[device] = (_compiled_forward(fixed, seed) if device.type == "cpu" and _COMPILED_ON_CPU
-                                      else _taking_windows(_torch_forward(fixed.to(device), seed, device)))
+                per_device[device] = (_compiled_forward(fixed, seed, bias) if device.type == "cpu" and _COMPILED_ON_CPU
+                                      else _taking_windows(_torch_forward(fixed.to(device), seed, device), bias))
             with torch.no_grad():
                 out = per_device[device](rows.detach())
-                if bias is not None:
-                    b = bias.to(out.device, out.dtype)
-                    out.add_(b[:, None, None] if rows.dim() == WINDOW_DIMS else b)
             return out.to(rows.dtype)
 
         run.takes_windows = True  # type: ignore[attr-defined]
@@ -332,18 +329,24 @@ def _torch_forward(layer: _Inference, seed: int, device: torch.device) -> Callab
     return lambda rows: _inference_forward(rows, layer, lambda out: out.normal_(generator=generator))
 
 
-def _taking_windows(forward: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """A rows forward (draws, n, in) -> (draws, n, out) that also takes conv windows (draws, B, h, w, C, k, k) ->
-    (draws, B, out, h, w), by unfolding them into rows (one copy; the compiled CPU forward reads them in place)."""
+def _taking_windows(forward: Callable[[Tensor], Tensor], bias: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """A rows forward (draws, n, in) -> (draws, n, out), with ``bias`` added, that also takes conv windows
+    (draws, B, h, w, C, k, k) -> (draws, B, out, h, w), by unfolding them into rows (one copy; the compiled CPU
+    forward reads them in place)."""
 
     def run(rows: Tensor) -> Tensor:
-        if rows.dim() != WINDOW_DIMS:
-            return forward(rows)
-        draws, images, h, w = rows.shape[:4]
-        shared = draws > 1 and rows.stride(0) == 0
-        flat = (rows[:1] if shared else rows).reshape(1 if shared else draws, images * h * w, -1)
-        out = forward(flat.expand(draws, -1, -1))  # vectors ordered (image, y, x)
-        return out.reshape(draws, images, h, w, -1).permute(0, 1, 4, 2, 3).contiguous()
+        if rows.dim() == WINDOW_DIMS:
+            draws, images, h, w = rows.shape[:4]
+            shared = draws > 1 and rows.stride(0) == 0
+            flat = (rows[:1] if shared else rows).reshape(1 if shared else draws, images * h * w, -1)
+            out = forward(flat.expand(draws, -1, -1))  # vectors ordered (image, y, x)
+            out = out.reshape(draws, images, h, w, -1).permute(0, 1, 4, 2, 3).contiguous()
+        else:
+            out = forward(rows)
+        if bias is not None:
+            b = bias.to(out.device, out.dtype)
+            out.add_(b[:, None, None] if rows.dim() == WINDOW_DIMS else b)
+        return out
 
     return run
 
@@ -362,9 +365,10 @@ def _storage(t: Tensor) -> np.ndarray:
     return t.as_strided((extent,), (1,)).numpy()
 
 
-def _compiled_forward(layer: _Inference, seed: int) -> Callable[[Tensor], Tensor]:
+def _compiled_forward(layer: _Inference, seed: int, bias: Tensor | None = None) -> Callable[[Tensor], Tensor]:
     """The Monte-Carlo forward of a realised layer on a CPU from the compiled kernel (`forward_kernel`): the model
-    of `_inference_forward`, detector noise from the counter-based stream ``seed``, continued from call to call.
+    of `_inference_forward` plus ``bias``, detector noise from the counter-based stream ``seed``, continued from
+    call to call.
 
     Takes rows (draws, n, in) -> (draws, n, out) or conv windows (draws, B, h, w, C, k, k) -> (draws, B, out, h, w),
     any strides, read in place; a stride-0 draw axis (the same inputs for every draw) is converted once.
@@ -377,6 +381,7 @@ def _compiled_forward(layer: _Inference, seed: int) -> Callable[[Tensor], Tensor
     noise_std = layer.noise_std[..., 0].contiguous().numpy()
     out_scale = layer.out_scale[..., 0].contiguous().numpy()
     table = quantile_table(dtype).numpy()
+    offset = np.zeros(outputs, dtype=weights.dtype) if bias is None else bias.to("cpu", dtype).contiguous().numpy()
     position = 0
 
     def run(rows: Tensor) -> Tensor:
@@ -401,7 +406,7 @@ def _compiled_forward(layer: _Inference, seed: int) -> Callable[[Tensor], Tensor
         forward_layer(
             _storage(x), _offsets(x.shape[:1], x.stride()[:1]), _offsets(vectors, x.stride()[1:split]),
             _offsets(x.shape[split:], x.stride()[split:]), weights, noise_std, out_scale, layer.dac_levels or 0,
-            layer.adc_levels or 0, layer.noisy, np.uint64(seed), np.int64(position), table, result.view(-1).numpy(),
+            layer.adc_levels or 0, layer.noisy, np.uint64(seed), np.int64(position), table, offset, result.view(-1).numpy(),
             _offsets((draws,), result.stride()[:1]), _offsets(vectors, out_vectors),
             _offsets((outputs,), (result.stride(2 if windows else -1),)))
         position += samples_used(draws, c_tiles, outputs, math.prod(vectors))

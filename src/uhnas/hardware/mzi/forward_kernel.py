@@ -3,9 +3,9 @@
 The model is `_Inference`'s (uhnas.hardware.mzi.backend): per draw d, input vector v and column tile c, the DAC
 codes a = round(L_in x / s) of the tile's K inputs (s: their largest magnitude), the detected partial sums
 y[o] = sum_k W[c, d, o, k] a[k] + sigma[c, o] z in ADC steps, the ADC's round and clamp, and the digital
-accumulation out[o] += y[o] q[c, o] s.  Here all of it is one loop nest over chunks of input vectors (the
-vectorised axis, a compile-time length), so each partial sum is produced, made noisy, quantised and accumulated
-while it is in a register, instead of in six passes over memory.
+accumulation out[o] += y[o] q[c, o] s, then the bias.  Here all of it is one loop nest over chunks of input
+vectors (the vectorised axis, a compile-time length), so each partial sum is produced, made noisy, quantised and
+accumulated while it is in a register, instead of in six passes over memory.
 
 Inputs and outputs are addressed through offset tables, so the kernel reads any strided layout in place: input
 (d, v, col) is ``src[draw_offset[d] + vector_offset[v] + column_offset[col]]`` (a conv layer's im2col windows are
@@ -50,6 +50,7 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
     seed: np.uint64,
     start: np.int64,  # first stream sample of this call (a multiple of 4)
     table: np.ndarray,  # (2^16,) discretised normal
+    bias: np.ndarray,  # (out,) added to every output
     out: np.ndarray,  # flat output storage, every addressed element overwritten
     out_draw_offset: np.ndarray,  # (D,) int64
     out_vector_offset: np.ndarray,  # (n,) int64
@@ -147,6 +148,6 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                     else:
                         for vi in range(VECTORS):
                             acc[vi] += y[vi] * unit * sc[vi]
-                at = out_draw_offset[d] + out_offset[o]
+                at, b = out_draw_offset[d] + out_offset[o], bias[o]
                 for vi in range(m):
-                    out[at + out_vector_offset[v0 + vi]] = acc[vi]
+                    out[at + out_vector_offset[v0 + vi]] = acc[vi] + b
