@@ -424,18 +424,6 @@ class MeshNoise:
         if self.phase_bits is not None and int(self.phase_bits) < 1:
             raise ValueError(f"phase_bits must be >= 1 or None, got {self.phase_bits}")
 
-    @property
-    def is_ideal(self) -> bool:
-        """True when no non-ideality is switched on."""
-        return (
-            self.phase_std == 0
-            and self.phase_bits is None
-            and self.crosstalk == 0
-            and self.loss_db_per_mzi == 0
-            and self.loss_db_std == 0
-            and self.coupler_error_std == 0
-        )
-
 
 @dataclass(frozen=True)
 class ChipErrors:
