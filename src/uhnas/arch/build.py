@@ -54,19 +54,25 @@ class Saturating(nn.Module):
 
 
 class FastMaxPool2d(nn.MaxPool2d):
-    """Max pooling; without autograd as pairwise maxima of the k x k strided views (the same values, ~9x faster than
-    torch's CPU kernel on the Monte-Carlo batches: draws x images of small maps); with autograd torch's own."""
+    """Max pooling; without autograd as pairwise maxima of strided views, first along rows then along columns (the
+    same values, ~10x faster than torch's CPU kernel on the Monte-Carlo batches: draws x images of small maps); with
+    autograd torch's own."""
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return super().forward(x)
         k, s = int(self.kernel_size), int(self.stride)  # type: ignore[call-overload]
         rows, cols = (x.shape[-2] - k) // s + 1, (x.shape[-1] - k) // s + 1
-        views = [x[..., i : i + s * (rows - 1) + 1 : s, j : j + s * (cols - 1) + 1 : s] for i in range(k) for j in range(k)]
-        out = torch.maximum(views[0], views[1])  # the IR's kernels are >= 2
-        for view in views[2:]:
-            torch.maximum(out, view, out=out)
-        return out
+        across = _max_of([x[..., j : j + s * (cols - 1) + 1 : s] for j in range(k)])  # k - 1 maxima, not k^2 - 1
+        return _max_of([across[..., i : i + s * (rows - 1) + 1 : s, :] for i in range(k)])
+
+
+def _max_of(views: list[Tensor]) -> Tensor:
+    """Elementwise maximum of two or more tensors of one shape (the IR's pooling kernels are >= 2)."""
+    out = torch.maximum(views[0], views[1])
+    for view in views[2:]:
+        torch.maximum(out, view, out=out)
+    return out
 
 
 def _activation(name: str) -> nn.Module:

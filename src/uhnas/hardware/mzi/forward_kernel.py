@@ -84,18 +84,16 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                     sc = scale[c]
                     for vi in range(VECTORS):
                         sc[vi] = tiny
-                    for kk in range(k):
-                        col = c * k + kk
+                    for kk in range(min(k, cols - c * k)):  # the tile's real columns (padding is never read)
                         cc = codes[c, kk]
-                        if col < cols:
-                            at = base + column_offset[col]
-                            for vi in range(m):
-                                x = src[at + vector_offset[v0 + vi]]
-                                cc[vi] = x
-                                sc[vi] = max(sc[vi], abs(x))
-                            for vi in range(m, VECTORS):
-                                cc[vi] = 0
-                    for kk in range(k):
+                        at = base + column_offset[c * k + kk]
+                        for vi in range(m):
+                            x = src[at + vector_offset[v0 + vi]]
+                            cc[vi] = x
+                            sc[vi] = max(sc[vi], abs(x))
+                        for vi in range(m, VECTORS):
+                            cc[vi] = 0
+                    for kk in range(min(k, cols - c * k)):
                         cc = codes[c, kk]
                         if dac_levels > 0:
                             for vi in range(VECTORS):
@@ -107,7 +105,8 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                 for c in range(c_tiles):
                     w = weights[c, d, o]
                     cw = codes[c]
-                    for kk in range(0, k - 3, 4):  # four terms per pass over the chunk
+                    live = min(k, cols - c * k)  # the tile's real columns: zero padding would add exactly 0
+                    for kk in range(0, live - 3, 4):  # four terms per pass over the chunk
                         w0, w1, w2, w3 = w[kk], w[kk + 1], w[kk + 2], w[kk + 3]
                         c0, c1, c2, c3 = cw[kk], cw[kk + 1], cw[kk + 2], cw[kk + 3]
                         if kk == 0:
@@ -116,7 +115,7 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                         else:
                             for vi in range(VECTORS):
                                 y[vi] += w0 * c0[vi] + w1 * c1[vi] + w2 * c2[vi] + w3 * c3[vi]
-                    for kk in range(k - k % 4, k):
+                    for kk in range(live - live % 4, live):
                         wk, ck = w[kk], cw[kk]
                         if kk == 0:
                             for vi in range(VECTORS):
