@@ -352,7 +352,10 @@ def _build_lanes(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_
 def _column_couplers(ratio: np.ndarray, amp: np.ndarray, planar: np.ndarray,
                      couplers: np.ndarray) -> None:  # pragma: no cover - compiled
     """couplers[block, 0..3, lane] = amp c1 c2, amp r1 r2, amp r1 c2, amp c1 r2 of one chip's MZIs (see
-    `_lane_couplers`); planar (3, blocks * LANES): scratch, both ratios and the amplitude deinterleaved."""
+    `_lane_couplers`); planar (3, blocks * LANES): scratch, both ratios and the amplitude deinterleaved.
+
+    The lane loop repeats `_lane_couplers`' five lines on purpose: moved into a shared inlined helper returning the
+    four products, the n = 8 build measured slower (2.4-2.8 ms against 1.7-1.9 ms for 160 meshes x 32 draws)."""
     for k in range(ratio.shape[0]):  # (the padding stays 0: finite values for MZIs that do not exist)
         planar[0, k], planar[1, k], planar[2, k] = ratio[k, 0], ratio[k, 1], amp[k]
     one = ratio.dtype.type(1)  # (a plain 1 - k1 would promote float32 to float64)
