@@ -235,6 +235,28 @@ def test_fused_monte_carlo_forward_computes_the_training_forward(compiled: bool)
         assert abs(ratio - 1.0) < 0.05, ratio
 
 
+@pytest.mark.parametrize("preset, dtype", [("mzi-worst", torch.complex64), ("mzi-realistic", torch.complex128)])
+def test_compiled_block_product_equals_the_torch_product(preset: str, dtype: torch.dtype) -> None:
+    # realize() multiplies each block out as Re(U diag(a) V) and lays it out for the forward in one compiled pass;
+    # torch's matmul of the same realised parts, permuted and scaled, is the reference (37 outputs: a partial tile)
+    from uhnas.hardware.mzi.backend import _block_product, _Inference
+
+    backend = MZIBackend(load_backend(preset).preset, dtype=dtype)
+    layer = _net(MLP).matmuls()[0]
+    mapped = backend._mapped(layer)
+    parts = backend._realised(mapped, 3, _gen(4))
+    expected = _Inference.build(_block_product(*parts, mapped), mapped, backend.params, backend.detector_sigma)
+    got = _Inference.from_parts(*parts, mapped, backend.params, backend.detector_sigma)
+    assert got.weights.shape == expected.weights.shape == (mapped.col_tiles, 3, 37, 8)
+    assert got.weights.dtype == expected.weights.dtype == (torch.float32 if dtype == torch.complex64 else torch.float64)
+    scale = float(expected.weights.abs().max())
+    tolerance = 1e-5 if dtype == torch.complex64 else 1e-12
+    torch.testing.assert_close(got.weights, expected.weights, rtol=0, atol=tolerance * scale)
+    assert not torch.equal(got.weights[:, 0], got.weights[:, 1])  # draws differ
+    for name in ("noise_std", "out_scale", "dac_levels", "adc_levels", "noisy"):
+        assert torch.equal(torch.as_tensor(getattr(got, name)), torch.as_tensor(getattr(expected, name)))
+
+
 def test_compiled_forward_shares_inputs_continues_its_stream_and_matches_the_torch_forward() -> None:
     from uhnas.hardware.mzi.backend import _compiled_forward, _Inference, _torch_forward
 

@@ -241,9 +241,11 @@ class MZIBackend:
         with torch.no_grad():
             for layer in model.matmuls():
                 mapped = self._mapped(layer)
-                blocks = self._noisy_blocks(mapped, draws, generator)
+                parts = self._realised(mapped, draws, generator)
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))  # detector noise, drawn at forward time
-                programs[layer.index] = self._program(layer, mapped, blocks, seed)
+                fixed = (_Inference.from_parts(*parts, mapped, self.params, self.detector_sigma) if _COMPILED_ON_CPU
+                         else _Inference.build(_block_product(*parts, mapped), mapped, self.params, self.detector_sigma))
+                programs[layer.index] = self._program(layer, fixed, seed)
         return RealizedModel(model, programs, draws)
 
     def training_programs(self, model: Network, generator: torch.Generator) -> dict[int, Program] | None:
@@ -271,29 +273,30 @@ class MZIBackend:
         return mapped
 
     def _noisy_blocks(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> Tensor:
-        """Normalised blocks as `draws` chips realise them, (D, R, C, K, K): Re(U_d diag(a_d) V_d) / tau.
+        """Normalised blocks as `draws` chips realise them, (D, R, C, K, K): Re(U_d diag(a_d) V_d) / tau."""
+        return _block_product(*self._realised(mapped, draws, generator), mapped)
 
-        All 2T meshes of the layer are built in one `mesh_matrices` call. Generator order: the meshes' chips, their
-        phase errors (see `mesh_matrices`), then the attenuators' chips and phase errors.
+    def _realised(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> tuple[Tensor, Tensor, float]:
+        """What `draws` chips make of a layer's blocks: the 2T realised meshes (2T, D, K, K) (every U, then every V),
+        the attenuator fields (D, T, K) and the nominal loss tau they carry, in ``self.dtype``.
+
+        All 2T meshes are built in one `mesh_matrices` call. Generator order: the meshes' chips, their phase errors
+        (see `mesh_matrices`), then the attenuators' chips and phase errors.
         """
         k, noise, tiles = self.params.mesh_size, self.mesh_noise, mapped.tiles
         mats = mesh_matrices(mapped.meshes, draws=draws, noise=noise, generator=generator, dtype=self.dtype)
-        u, v = mats[:tiles], mats[tiles:]  # (T, D, K, K)
         errors = sample_attenuators((tiles, k), noise, generator, chips=draws)
         real = torch.float32 if self.dtype == torch.complex64 else torch.float64
         field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=real)  # (D, T, K)
-        depth = 2 * mapped.meshes.depth
-        nominal = 10.0 ** (-depth * noise.loss_db_per_mzi / 20.0)
-        block = torch.matmul(u * field.transpose(0, 1)[:, :, None, :], v).real.div_(nominal)  # (T, D, K, K)
-        return block.view(mapped.row_tiles, mapped.col_tiles, draws, k, k).permute(2, 0, 1, 3, 4)
+        nominal = 10.0 ** (-2 * mapped.meshes.depth * noise.loss_db_per_mzi / 20.0)
+        return mats, field, nominal
 
-    def _program(self, layer: MatMul, mapped: _Mapped, blocks: Tensor, seed: int) -> Program:
-        """rows (draws, n, in) -> (draws, n, out) through fixed blocks; detector noise seeded by `seed`.
+    def _program(self, layer: MatMul, fixed: _Inference, seed: int) -> Program:
+        """rows (draws, n, in) -> (draws, n, out) through a realised layer; detector noise seeded by `seed`.
 
         Takes conv windows too (``takes_windows``, see `uhnas.arch.build.Program`): (draws, B, h, w, C, k, k) views
         of the padded activations -> (draws, B, out, h, w).
         """
-        fixed = _Inference.build(blocks, mapped, self.params, self.detector_sigma)
         per_device: dict[torch.device, Callable[[Tensor], Tensor]] = {}
         bias = None if layer.bias is None else layer.bias.detach()
 
@@ -310,9 +313,19 @@ class MZIBackend:
         return run
 
 
+def _block_product(mats: Tensor, field: Tensor, nominal: float, mapped: _Mapped) -> Tensor:
+    """Normalised blocks (D, R, C, K, K) Re(U diag(a) V) / tau from `MZIBackend._realised`'s parts, in torch ops."""
+    tiles, draws, k, _ = mats.shape
+    tiles //= 2
+    u, v = mats[:tiles], mats[tiles:]  # (T, D, K, K)
+    block = torch.matmul(u * field.transpose(0, 1)[:, :, None, :], v).real.div_(nominal)  # (T, D, K, K)
+    return block.view(mapped.row_tiles, mapped.col_tiles, draws, k, k).permute(2, 0, 1, 3, 4)
+
+
 _COMPILED_ON_CPU = True
-"""Monte-Carlo forwards on a CPU run the compiled kernel (`forward_kernel`); the tests switch it off to check the
-torch forward (used on other devices) on a CPU."""
+"""realize() multiplies the blocks out with the compiled product (`block_kernel`) and Monte-Carlo forwards on a CPU
+run the compiled kernel (`forward_kernel`); the tests switch it off to check the torch forms (the forward's is used
+on other devices) on a CPU."""
 
 NormalFill = Callable[[Tensor], Tensor]
 """Overwrites a buffer with standard normal samples (the detector noise source of one realised layer)."""
@@ -415,6 +428,32 @@ def _compiled_forward(layer: _Inference, seed: int, bias: Tensor | None = None) 
     return run
 
 
+def _per_column(x: Tensor, k: int, rows: int, dtype: torch.dtype) -> Tensor:
+    """(R, C) per block -> (C, rows, 1) per detected column (c, r K + i), i.e. per column tile and output."""
+    return x.T.repeat_interleave(k, dim=-1)[:, :rows, None].to(dtype).contiguous()
+
+
+def _inference_constants(mapped: _Mapped, p: MZIParams, sigma: float, k: int,
+                         dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, int | None, int | None]:
+    """`_Inference`'s per-block weight factor 1 / (L_in q) (R, C) (float64; 0 for an all-zero block), its noise_std and
+    out_scale, and the DAC and ADC levels."""
+    gain = mapped.sigma_max  # (R, C)
+    safe = torch.where(gain > 0, gain, torch.ones_like(gain))
+    dac_levels = None if p.dac_bits is None else 2 ** (p.dac_bits - 1) - 1
+    adc_levels = None if p.adc_bits is None else 2 ** (p.adc_bits - 1) - 1
+    tiny = torch.finfo(dtype).tiny
+    if adc_levels is None:
+        step = torch.ones_like(gain)
+    else:
+        step = (mapped.full_scale / safe).clamp_min(tiny) / adc_levels
+    live = gain > 0  # an all-zero block contributes exactly 0 (its noise and ADC output are multiplied by 0)
+    inv = torch.where(live, 1.0 / (step * (dac_levels or 1)), torch.zeros_like(step))
+    noise_std = torch.where(live, sigma / step, torch.zeros_like(step))
+    rows = mapped.rows
+    return (inv, _per_column(noise_std, k, rows, dtype), _per_column(step * gain, k, rows, dtype), dac_levels,
+            adc_levels)
+
+
 @dataclass(frozen=True)
 class _Inference:
     """A realised layer's constants for the Monte-Carlo forward, with DAC, ADC and detector noise folded in.
@@ -439,32 +478,31 @@ class _Inference:
     def build(blocks: Tensor, mapped: _Mapped, p: MZIParams, sigma: float) -> _Inference:
         """From normalised blocks (D, R, C, K, K) and the mapping's per-block constants (see `noise` for the model)."""
         d, r_tiles, c_tiles, k, _ = blocks.shape
-        out = mapped.rows
-        gain = mapped.sigma_max  # (R, C)
-        safe = torch.where(gain > 0, gain, torch.ones_like(gain))
-        dac_levels = None if p.dac_bits is None else 2 ** (p.dac_bits - 1) - 1
-        adc_levels = None if p.adc_bits is None else 2 ** (p.adc_bits - 1) - 1
-        tiny = torch.finfo(blocks.dtype).tiny
-        if adc_levels is None:
-            step = torch.ones_like(gain)
-        else:
-            step = (mapped.full_scale / safe).clamp_min(tiny) / adc_levels
-        live = gain > 0  # an all-zero block contributes exactly 0 (its noise and ADC output are multiplied by 0)
-        inv = torch.where(live, 1.0 / (step * (dac_levels or 1)), torch.zeros_like(step))
-
-        def per_column(x: Tensor) -> Tensor:  # (R, C) per block -> (C, out, 1) per detected column
-            return x.T.repeat_interleave(k, dim=-1)[:, :out, None].to(blocks.dtype).contiguous()
-
-        weights = blocks.permute(2, 0, 1, 3, 4).reshape(c_tiles, d, r_tiles * k, k)[:, :, :out]  # [c, d, r K + o, k]
-        noise_std = torch.where(live, sigma / step, torch.zeros_like(step))
+        inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(mapped, p, sigma, k, blocks.dtype)
+        weights = blocks.permute(2, 0, 1, 3, 4).reshape(c_tiles, d, r_tiles * k, k)[:, :, : mapped.rows]
         return _Inference(
-            weights=(weights * per_column(inv)[:, None]).contiguous(),
-            noise_std=per_column(noise_std),
-            out_scale=per_column(step * gain),
+            weights=(weights * _per_column(inv, k, mapped.rows, blocks.dtype)[:, None]).contiguous(),
+            noise_std=noise_std,
+            out_scale=out_scale,
             dac_levels=dac_levels,
             adc_levels=adc_levels,
             noisy=sigma > 0,
         )
+
+    @staticmethod
+    def from_parts(mats: Tensor, field: Tensor, nominal: float, mapped: _Mapped, p: MZIParams,
+                   sigma: float) -> _Inference:
+        """`build` of `_block_product`'s blocks, from `MZIBackend._realised`'s parts by the compiled product
+        (`block_kernel`): the blocks are multiplied out, scaled and laid out in one pass."""
+        from uhnas.hardware.mzi.block_kernel import real_blocks  # compiled on first use (Numba)
+
+        _, draws, k, _ = mats.shape
+        real = field.real.dtype
+        inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(mapped, p, sigma, k, real)
+        weights = torch.empty((mapped.col_tiles, draws, mapped.rows, k), dtype=real)
+        real_blocks(mats.contiguous().numpy(), field.contiguous().numpy(), (inv / nominal).numpy(), mapped.col_tiles,
+                    weights.numpy())
+        return _Inference(weights, noise_std, out_scale, dac_levels, adc_levels, sigma > 0)
 
     def to(self, device: torch.device) -> _Inference:
         """The same constants on `device`."""

