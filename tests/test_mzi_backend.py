@@ -16,6 +16,7 @@ from uhnas.hardware.mzi.noise import (
     attenuator_field,
     detector_relative_noise,
     sample_attenuators,
+    sampled_attenuator_field,
 )
 from uhnas.hardware.registry import BackendError, load_backend
 from uhnas.hardware.testing import assert_conforms
@@ -313,6 +314,24 @@ def test_attenuator_is_exact_when_ideal_and_leaks_with_coupler_error() -> None:
     faulty = MeshNoise(coupler_error_std=0.05)
     field = attenuator_field(t, faulty, sample_attenuators((1, 4), faulty, _gen(0), chips=2), _gen(0), draws=2)
     assert float(field[..., 0].abs().min()) > 0  # imperfect extinction: "off" leaks light
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("noise", [
+    MeshNoise(),
+    MeshNoise(phase_std=0.02, phase_bits=8, crosstalk=0.005, loss_db_per_mzi=0.2, loss_db_std=0.02, coupler_error_std=0.01),
+    MeshNoise(phase_std=0.3, loss_db_per_mzi=0.1, loss_db_std=0.2, coupler_error_std=0.2),  # clamped ratios and losses
+], ids=["ideal", "realistic", "harsh"])
+def test_compiled_attenuator_fields_equal_the_torch_model(noise: MeshNoise, dtype: torch.dtype) -> None:
+    # realize() computes the attenuator fields in one compiled pass from the same samples (tables at the samples'
+    # indices instead of sines, cosines and powers); sample_attenuators + attenuator_field are the reference
+    t = torch.rand(6, 5, generator=_gen(0), dtype=torch.float64)
+    first, second = _gen(9), _gen(9)
+    expected = attenuator_field(t, noise, sample_attenuators((6, 5), noise, first, chips=4), first, 4, dtype=dtype)
+    got = sampled_attenuator_field(t, noise, second, 4, dtype=dtype)
+    assert got.shape == expected.shape == (4, 6, 5) and got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert torch.equal(first.get_state(), second.get_state())  # the same draws from the generator
 
 
 def test_check_feasible_small_and_infeasible_wide() -> None:

@@ -38,7 +38,15 @@ from uhnas.arch import ArchSummary, MatMul, Network, Program
 from uhnas.hardware.base import BackendCard, EnergyReport, RealizedModel, Violation
 from uhnas.hardware.mzi import energy
 from uhnas.hardware.mzi.mesh import MeshNoise, MeshStack, clements_decompose_many, mesh_matrices
-from uhnas.hardware.mzi.noise import adc, attenuator_field, dac, detect, detector_relative_noise, sample_attenuators
+from uhnas.hardware.mzi.noise import (
+    adc,
+    attenuator_field,
+    dac,
+    detect,
+    detector_relative_noise,
+    sample_attenuators,
+    sampled_attenuator_field,
+)
 from uhnas.hardware.registry import BackendFamily, Preset, validate_params
 from uhnas.hardware.sampling import quantile_table
 
@@ -241,7 +249,7 @@ class MZIBackend:
         with torch.no_grad():
             for layer in model.matmuls():
                 mapped = self._mapped(layer)
-                parts = self._realised(mapped, draws, generator)
+                parts = self._realised(mapped, draws, generator, compiled=_COMPILED_ON_CPU)
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))  # detector noise, drawn at forward time
                 fixed = (_Inference.from_parts(*parts, mapped, self.params, self.detector_sigma) if _COMPILED_ON_CPU
                          else _Inference.build(_block_product(*parts, mapped), mapped, self.params, self.detector_sigma))
@@ -276,18 +284,23 @@ class MZIBackend:
         """Normalised blocks as `draws` chips realise them, (D, R, C, K, K): Re(U_d diag(a_d) V_d) / tau."""
         return _block_product(*self._realised(mapped, draws, generator), mapped)
 
-    def _realised(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    def _realised(self, mapped: _Mapped, draws: int, generator: torch.Generator,
+                  compiled: bool = False) -> tuple[Tensor, Tensor, float]:
         """What `draws` chips make of a layer's blocks: the 2T realised meshes (2T, D, K, K) (every U, then every V),
         the attenuator fields (D, T, K) and the nominal loss tau they carry, in ``self.dtype``.
 
         All 2T meshes are built in one `mesh_matrices` call. Generator order: the meshes' chips, their phase errors
-        (see `mesh_matrices`), then the attenuators' chips and phase errors.
+        (see `mesh_matrices`), then the attenuators' chips and phase errors. ``compiled``: the fields from the
+        compiled pass (`noise.sampled_attenuator_field`, the same samples) instead of torch ops.
         """
         k, noise, tiles = self.params.mesh_size, self.mesh_noise, mapped.tiles
         mats = mesh_matrices(mapped.meshes, draws=draws, noise=noise, generator=generator, dtype=self.dtype)
-        errors = sample_attenuators((tiles, k), noise, generator, chips=draws)
         real = torch.float32 if self.dtype == torch.complex64 else torch.float64
-        field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=real)  # (D, T, K)
+        if compiled:
+            field = sampled_attenuator_field(mapped.transmission, noise, generator, draws, dtype=real)
+        else:
+            errors = sample_attenuators((tiles, k), noise, generator, chips=draws)
+            field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=real)  # (D, T, K)
         nominal = 10.0 ** (-2 * mapped.meshes.depth * noise.loss_db_per_mzi / 20.0)
         return mats, field, nominal
 

@@ -35,14 +35,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from uhnas.hardware.counter_rng import fill_indices, seed_of
 
 from uhnas.hardware.mzi.energy import HZ_PER_GHZ, detector_power_mw
 from uhnas.hardware.mzi.mesh import NOMINAL_SPLIT, TWO_PI, MeshNoise, _normal
 from uhnas.hardware.precision import quantize_symmetric, straight_through
+from uhnas.hardware.sampling import quantile_table
 
 if TYPE_CHECKING:
     from uhnas.hardware.mzi.backend import MZIParams
@@ -100,6 +105,18 @@ def quantize_phase(phase: Tensor, bits: int | None) -> Tensor:
     return torch.round(phase / step) * step
 
 
+def _programmed_attenuators(transmission: Tensor, noise: MeshNoise, dtype: torch.dtype) -> Tensor:
+    """The attenuators' programmed phases theta = 2 arcsin(t), quantised and shifted by their neighbours' crosstalk."""
+    theta = quantize_phase(2.0 * torch.arcsin(transmission.to(dtype).clamp(0.0, 1.0)), noise.phase_bits)
+    if noise.crosstalk > 0:
+        wrapped = torch.remainder(theta, TWO_PI)
+        neighbours = torch.zeros_like(wrapped)
+        neighbours[..., 1:] += wrapped[..., :-1]
+        neighbours[..., :-1] += wrapped[..., 1:]
+        theta = theta + noise.crosstalk * neighbours
+    return theta
+
+
 def attenuator_field(
     transmission: Tensor,
     noise: MeshNoise,
@@ -113,13 +130,7 @@ def attenuator_field(
     Computed in the real `dtype` (float32 gives complex64, float64 complex128). Phase noise: one float32 normal
     per draw and attenuator, (draws, ..., m), drawn after the fabrication errors.
     """
-    theta = quantize_phase(2.0 * torch.arcsin(transmission.to(dtype).clamp(0.0, 1.0)), noise.phase_bits)
-    if noise.crosstalk > 0:
-        wrapped = torch.remainder(theta, TWO_PI)
-        neighbours = torch.zeros_like(wrapped)
-        neighbours[..., 1:] += wrapped[..., :-1]
-        neighbours[..., :-1] += wrapped[..., 1:]
-        theta = theta + noise.crosstalk * neighbours
+    theta = _programmed_attenuators(transmission, noise, dtype)
     theta = theta.expand(draws, *theta.shape)
     if noise.phase_std > 0:
         theta = theta + noise.phase_std * _normal(tuple(theta.shape), generator, dtype)
@@ -132,6 +143,43 @@ def attenuator_field(
     field = torch.complex((cc + ss) * torch.sin(half), -(cc - ss) * torch.cos(half))
     excess_db = errors.loss_db.to(dtype) - noise.loss_db_per_mzi
     return field * torch.pow(10.0, -excess_db / 20.0)
+
+
+def sampled_attenuator_field(transmission: Tensor, noise: MeshNoise, generator: torch.Generator, draws: int,
+                             dtype: torch.dtype = torch.float32) -> Tensor:
+    """`attenuator_field` of `sample_attenuators`' chips (one per draw), from one compiled pass on the CPU
+    (`block_kernel.attenuator_fields`): transmission (T, K) -> (draws, T, K). The same random samples, drawn from
+    ``generator`` in the same order, so it equals the two calls to float rounding."""
+    from uhnas.hardware.mzi.block_kernel import attenuator_fields  # compiled on first use (Numba)
+    from uhnas.hardware.mzi.mesh_kernel import noise_rotations
+
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    count = draws * transmission.numel()
+
+    def indices(on: bool, per_element: int = 1) -> np.ndarray:
+        out = np.empty(count * per_element if on else 0, dtype=np.uint16)
+        if on:
+            fill_indices(seed_of(generator, 1)[0], np.int64(0), out)
+        return out
+
+    coupler, loss, phase = (indices(noise.coupler_error_std > 0, 2), indices(noise.loss_db_std > 0),
+                            indices(noise.phase_std > 0))
+    half = _programmed_attenuators(transmission, noise, dtype) / 2
+    half_cs = torch.stack([torch.cos(half), torch.sin(half)], -1).numpy()
+    rot = noise_rotations(noise.phase_std / 2, np_dtype) if phase.size else np.zeros((1, 2), np_dtype)
+    out = torch.empty((draws, *transmission.shape), dtype=torch.complex64 if dtype == torch.float32 else torch.complex128)
+    attenuator_fields(half_cs, coupler, noise.coupler_error_std, loss, _loss_amplitudes(noise, np_dtype), phase, rot,
+                      quantile_table(torch.float32).numpy().astype(np_dtype), out.numpy())
+    return out
+
+
+@lru_cache(maxsize=8)
+def _loss_amplitudes(noise: MeshNoise, dtype: type) -> np.ndarray:
+    """(2^16,) field amplitude of the loss spread per value t of the float32 discretised normal (the samples
+    `sample_attenuators` draws): 10^(-(max(0, IL_0 + sigma_IL t) - IL_0) / 20)."""
+    t = quantile_table(torch.float32).double().numpy()
+    loss = np.maximum(noise.loss_db_per_mzi + noise.loss_db_std * t, 0.0)
+    return (10.0 ** (-(loss - noise.loss_db_per_mzi) / 20.0)).astype(dtype)
 
 
 def dac(a: Tensor, bits: int | None, *, train: bool) -> Tensor:
