@@ -236,26 +236,40 @@ def test_fused_monte_carlo_forward_computes_the_training_forward(compiled: bool)
         assert abs(ratio - 1.0) < 0.05, ratio
 
 
-@pytest.mark.parametrize("preset, dtype", [("mzi-worst", torch.complex64), ("mzi-realistic", torch.complex128)])
-def test_compiled_block_product_equals_the_torch_product(preset: str, dtype: torch.dtype) -> None:
-    # realize() multiplies each block out as Re(U diag(a) V) and lays it out for the forward in one compiled pass;
-    # torch's matmul of the same realised parts, permuted and scaled, is the reference (37 outputs: a partial tile)
-    from uhnas.hardware.mzi.backend import _block_product, _Inference
+@pytest.mark.parametrize("preset, dtype, layer, draws, fused", [
+    ("mzi-worst", torch.complex64, 0, 3, True),  # 40 blocks x 3 draws in the lanes: the fused builder
+    ("mzi-realistic", torch.complex128, 0, 3, True),
+    ("mzi-realistic", torch.complex64, 1, 1, False),  # 10 blocks x 1 draw: too few for the lanes
+    (CLEAN, torch.complex64, 0, 2, False),  # nothing differs between draws: one realisation per mesh
+], ids=["worst-fused", "realistic-fused-double", "few-blocks", "ideal"])
+def test_compiled_inference_equals_the_torch_blocks(preset: str, dtype: torch.dtype, layer: int, draws: int,
+                                                    fused: bool) -> None:
+    # realize() builds a layer's weights in compiled code (the fused builder applies U's gates to diag(a) V, or the
+    # meshes are built and multiplied out); torch's product of the realised meshes and fields is the reference,
+    # from the same random draws (37 outputs: a partial row tile)
+    from uhnas.hardware.mzi import block_kernel
+    from uhnas.hardware.mzi.backend import _Inference
 
     backend = MZIBackend(load_backend(preset).preset, dtype=dtype)
-    layer = _net(MLP).matmuls()[0]
-    mapped = backend._mapped(layer)
-    parts = backend._realised(mapped, 3, _gen(4))
-    expected = _Inference.build(_block_product(*parts, mapped), mapped, backend.params, backend.detector_sigma)
-    got = _Inference.from_parts(*parts, mapped, backend.params, backend.detector_sigma)
-    assert got.weights.shape == expected.weights.shape == (mapped.col_tiles, 3, 37, 8)
+    mapped = backend._mapped(_net(MLP).matmuls()[layer])
+    expected = _Inference.build(backend._noisy_blocks(mapped, draws, _gen(4)), mapped, backend.params,
+                                backend.detector_sigma)
+    calls = []
+    real = block_kernel.build_blocks
+    block_kernel.build_blocks = lambda *a: (calls.append(1), real(*a))
+    try:
+        got = backend._compiled_inference(mapped, draws, _gen(4))
+    finally:
+        block_kernel.build_blocks = real
+    assert bool(calls) == fused
+    assert got.weights.shape == expected.weights.shape == (mapped.col_tiles, draws, mapped.rows, 8)
     assert got.weights.dtype == expected.weights.dtype == (torch.float32 if dtype == torch.complex64 else torch.float64)
     scale = float(expected.weights.abs().max())
-    tolerance = 1e-5 if dtype == torch.complex64 else 1e-12
-    torch.testing.assert_close(got.weights, expected.weights, rtol=0, atol=tolerance * scale)
-    assert not torch.equal(got.weights[:, 0], got.weights[:, 1])  # draws differ
-    for name in ("noise_std", "out_scale", "dac_levels", "adc_levels", "noisy"):
-        assert torch.equal(torch.as_tensor(getattr(got, name)), torch.as_tensor(getattr(expected, name)))
+    torch.testing.assert_close(got.weights, expected.weights, rtol=0, atol=(1e-5 if dtype == torch.complex64 else 1e-6) * scale)
+    if draws > 1 and preset != CLEAN:
+        assert not torch.equal(got.weights[:, 0], got.weights[:, 1])  # draws differ
+    assert torch.equal(got.noise_std, expected.noise_std) and torch.equal(got.out_scale, expected.out_scale)
+    assert (got.dac_levels, got.adc_levels, got.noisy) == (expected.dac_levels, expected.adc_levels, expected.noisy)
 
 
 def test_compiled_forward_shares_inputs_continues_its_stream_and_matches_the_torch_forward() -> None:

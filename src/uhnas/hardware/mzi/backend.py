@@ -37,7 +37,7 @@ from torch import Tensor
 from uhnas.arch import ArchSummary, MatMul, Network, Program
 from uhnas.hardware.base import BackendCard, EnergyReport, RealizedModel, Violation
 from uhnas.hardware.mzi import energy
-from uhnas.hardware.mzi.mesh import MeshNoise, MeshStack, clements_decompose_many, mesh_matrices
+from uhnas.hardware.mzi.mesh import MeshNoise, MeshStack, clements_decompose_many, compiled_inputs, mesh_matrices
 from uhnas.hardware.mzi.noise import (
     adc,
     attenuator_field,
@@ -249,10 +249,12 @@ class MZIBackend:
         with torch.no_grad():
             for layer in model.matmuls():
                 mapped = self._mapped(layer)
-                parts = self._realised(mapped, draws, generator, compiled=_COMPILED_ON_CPU)
+                if _COMPILED_ON_CPU:
+                    fixed = self._compiled_inference(mapped, draws, generator)
+                else:
+                    fixed = _Inference.build(self._noisy_blocks(mapped, draws, generator), mapped, self.params,
+                                             self.detector_sigma)
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))  # detector noise, drawn at forward time
-                fixed = (_Inference.from_parts(*parts, mapped, self.params, self.detector_sigma) if _COMPILED_ON_CPU
-                         else _Inference.build(_block_product(*parts, mapped), mapped, self.params, self.detector_sigma))
                 programs[layer.index] = self._program(layer, fixed, seed)
         return RealizedModel(model, programs, draws)
 
@@ -284,25 +286,49 @@ class MZIBackend:
         """Normalised blocks as `draws` chips realise them, (D, R, C, K, K): Re(U_d diag(a_d) V_d) / tau."""
         return _block_product(*self._realised(mapped, draws, generator), mapped)
 
-    def _realised(self, mapped: _Mapped, draws: int, generator: torch.Generator,
-                  compiled: bool = False) -> tuple[Tensor, Tensor, float]:
+    def _realised(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> tuple[Tensor, Tensor, float]:
         """What `draws` chips make of a layer's blocks: the 2T realised meshes (2T, D, K, K) (every U, then every V),
         the attenuator fields (D, T, K) and the nominal loss tau they carry, in ``self.dtype``.
 
         All 2T meshes are built in one `mesh_matrices` call. Generator order: the meshes' chips, their phase errors
-        (see `mesh_matrices`), then the attenuators' chips and phase errors. ``compiled``: the fields from the
-        compiled pass (`noise.sampled_attenuator_field`, the same samples) instead of torch ops.
+        (see `mesh_matrices`), then the attenuators' chips and phase errors.
         """
         k, noise, tiles = self.params.mesh_size, self.mesh_noise, mapped.tiles
         mats = mesh_matrices(mapped.meshes, draws=draws, noise=noise, generator=generator, dtype=self.dtype)
+        errors = sample_attenuators((tiles, k), noise, generator, chips=draws)
         real = torch.float32 if self.dtype == torch.complex64 else torch.float64
-        if compiled:
-            field = sampled_attenuator_field(mapped.transmission, noise, generator, draws, dtype=real)
+        field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=real)  # (D, T, K)
+        return mats, field, self._nominal_loss(mapped)
+
+    def _nominal_loss(self, mapped: _Mapped) -> float:
+        """tau: the field transmission of a block's nominal path loss (calibrated out)."""
+        return 10.0 ** (-2 * mapped.meshes.depth * self.mesh_noise.loss_db_per_mzi / 20.0)
+
+    def _compiled_inference(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> _Inference:
+        """`_Inference.build` of `_noisy_blocks` on a CPU, from compiled code and the same random draws: the meshes'
+        inputs (`mesh.compiled_inputs`), the attenuator fields in one pass (`noise.sampled_attenuator_field`), then
+        either the fused builder (`block_kernel.build_blocks`: U applied to diag(a) V in the lanes, no matrix stored)
+        or, where the small-mesh layout does not apply or nothing differs between draws, the built meshes times
+        the fields (`block_kernel.real_blocks`)."""
+        from uhnas.hardware.mzi.block_kernel import build_blocks, real_blocks  # compiled on first use (Numba)
+        from uhnas.hardware.mzi.mesh_kernel import build_meshes, uses_lanes
+
+        k, noise, tiles = self.params.mesh_size, self.mesh_noise, mapped.tiles
+        args, per_mesh = compiled_inputs(mapped.meshes, draws, True, noise, None, generator, self.dtype)
+        real = torch.float32 if self.dtype == torch.complex64 else torch.float64
+        field = sampled_attenuator_field(mapped.transmission, noise, generator, draws, dtype=real).numpy()
+        inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(mapped, self.params,
+                                                                                 self.detector_sigma, k, real)
+        scale = (inv / self._nominal_loss(mapped)).numpy()
+        weights = torch.empty((mapped.col_tiles, draws, mapped.rows, k), dtype=real)
+        if per_mesh == draws and uses_lanes(k, tiles * draws):
+            build_blocks(*args, field, scale, mapped.col_tiles, weights.numpy())
         else:
-            errors = sample_attenuators((tiles, k), noise, generator, chips=draws)
-            field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=real)  # (D, T, K)
-        nominal = 10.0 ** (-2 * mapped.meshes.depth * noise.loss_db_per_mzi / 20.0)
-        return mats, field, nominal
+            mats = torch.empty((2 * tiles, per_mesh, k, k), dtype=self.dtype)
+            build_meshes(mats.numpy(), *args)
+            real_blocks(mats.expand(2 * tiles, draws, k, k).contiguous().numpy(), field, scale, mapped.col_tiles,
+                        weights.numpy())
+        return _Inference(weights, noise_std, out_scale, dac_levels, adc_levels, self.detector_sigma > 0)
 
     def _program(self, layer: MatMul, fixed: _Inference, seed: int) -> Program:
         """rows (draws, n, in) -> (draws, n, out) through a realised layer; detector noise seeded by `seed`.
@@ -501,21 +527,6 @@ class _Inference:
             adc_levels=adc_levels,
             noisy=sigma > 0,
         )
-
-    @staticmethod
-    def from_parts(mats: Tensor, field: Tensor, nominal: float, mapped: _Mapped, p: MZIParams,
-                   sigma: float) -> _Inference:
-        """`build` of `_block_product`'s blocks, from `MZIBackend._realised`'s parts by the compiled product
-        (`block_kernel`): the blocks are multiplied out, scaled and laid out in one pass."""
-        from uhnas.hardware.mzi.block_kernel import real_blocks  # compiled on first use (Numba)
-
-        _, draws, k, _ = mats.shape
-        real = field.real.dtype
-        inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(mapped, p, sigma, k, real)
-        weights = torch.empty((mapped.col_tiles, draws, mapped.rows, k), dtype=real)
-        real_blocks(mats.contiguous().numpy(), field.contiguous().numpy(), (inv / nominal).numpy(), mapped.col_tiles,
-                    weights.numpy())
-        return _Inference(weights, noise_std, out_scale, dac_levels, adc_levels, sigma > 0)
 
     def to(self, device: torch.device) -> _Inference:
         """The same constants on `device`."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from uhnas.hardware.mzi.mesh_kernel import _rotation
+from uhnas.hardware.mzi.mesh_kernel import LANES, _fold_plan, _lane_apply, _lane_mesh, _lane_state, _lane_transfers, _rotation
 
-__all__ = ["attenuator_fields", "real_blocks"]
+__all__ = ["attenuator_fields", "build_blocks", "real_blocks"]
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
@@ -95,3 +95,68 @@ def attenuator_fields(  # pragma: no cover - compiled; checked against noise.att
                     cc, ss = np.sqrt(one - r1) * np.sqrt(one - r2), np.sqrt(r1) * np.sqrt(r2)
                 amp = loss_amp[loss[e]] if loss.shape[0] else one
                 out[d, t, m] = complex((cc + ss) * sh * amp, -(cc - ss) * ch * amp)
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def build_blocks(  # pragma: no cover - compiled; checked against real_blocks of mesh_matrices in tests/test_mzi_backend.py
+    column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs, output_cs, seeds, noisy, rot, ratio, amp, dummy_amp,
+    chip_meshes: int, chip_draws: int,  # the inputs `mesh_kernel.build_meshes` takes for the 2T meshes, U then V
+    field: np.ndarray,  # (D, T, K) complex attenuator fields
+    scale: np.ndarray,  # (R, C) real constant per block
+    col_tiles: int,
+    out: np.ndarray,  # (C, D, rows, K) real, as `real_blocks`
+) -> None:
+    """`real_blocks` of the meshes `mesh_kernel.build_meshes` would build, without building U: LANES (block, draw)
+    pairs at a time, V is built in the lanes (`mesh_kernel`'s small-mesh layout), its rows are multiplied by the
+    attenuator fields, and U's gates are applied to the result (U diag(a) V, all columns); the real part is scaled
+    and stored.  No matrix is stored and transposed back, and no product is computed apart."""
+    two_t, n = theta_cs.shape[0], output_cs.shape[2]
+    tiles, draws, rows = two_t // 2, out.shape[1], out.shape[2]
+    k_total, n_dummy = top.shape[0], dummy_mode.shape[0]
+    words = (2 * k_total + n + 3) // 4  # 64-bit noise words per draw
+    dtype = theta_cs.dtype
+    plan = _fold_plan(column_start, top, dummy_start, dummy_mode, n)
+    state_v = _lane_state(k_total, n, n_dummy, words, dtype)
+    state_u = _lane_state(k_total, n, n_dummy, words, dtype)
+    stride = (2 * n + 1) * LANES
+    w = np.zeros(n * stride, dtype=dtype)
+    fa = np.zeros(2 * n * LANES, dtype=dtype)
+    tile, draw = np.zeros(LANES, dtype=np.int64), np.zeros(LANES, dtype=np.int64)
+    mesh_u, mesh_v = np.zeros(LANES, dtype=np.int64), np.zeros(LANES, dtype=np.int64)
+    chip_u, chip_v = np.zeros(LANES, dtype=np.int64), np.zeros(LANES, dtype=np.int64)
+    seed_u, seed_v = np.zeros(LANES, dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
+    word = np.zeros(LANES, dtype=np.uint64)
+    total = tiles * draws
+    for first in range(0, total, LANES):
+        for lane in range(LANES):  # lanes past the end repeat the last pair (computed, not stored)
+            f = min(first + lane, total - 1)
+            t, d = f // draws, f % draws
+            tile[lane], draw[lane], word[lane] = t, d, np.uint64(d * words)
+            mesh_u[lane], mesh_v[lane] = t, tiles + t
+            seed_u[lane], seed_v[lane] = seeds[t], seeds[tiles + t]
+            chip_u[lane] = (t if chip_meshes > 1 else 0) * chip_draws + (d if chip_draws > 1 else 0)
+            chip_v[lane] = ((tiles + t) if chip_meshes > 1 else 0) * chip_draws + (d if chip_draws > 1 else 0)
+        gates = _lane_transfers(state_v, mesh_v, chip_v, seed_v, word, plan, theta_cs, phi_cs, output_cs, noisy, rot,
+                                ratio, amp, dummy_amp)
+        _lane_mesh(column_start, top, gates, n, w)
+        for i in range(n):  # the lanes' fields, in w's (re, im) x lane order
+            for lane in range(LANES):
+                a = field[draw[lane], tile[lane], i]
+                fa[2 * i * LANES + lane], fa[(2 * i + 1) * LANES + lane] = a.real, a.imag
+        for j in range(n):  # row i of V times a_i: element (i, j) sits at j * stride + 2 i LANES
+            for i in range(n):
+                o, e = max(0, j * stride + 2 * i * LANES), max(0, 2 * i * LANES)
+                for lane in range(LANES):
+                    ar, ai, xr, xi = fa[e + lane], fa[e + LANES + lane], w[o + lane], w[o + LANES + lane]
+                    w[o + lane], w[o + LANES + lane] = ar * xr - ai * xi, ar * xi + ai * xr
+        gates = _lane_transfers(state_u, mesh_u, chip_u, seed_u, word, plan, theta_cs, phi_cs, output_cs, noisy, rot,
+                                ratio, amp, dummy_amp)
+        _lane_apply(column_start, top, gates, n, w, False)
+        for lane in range(min(LANES, total - first)):
+            t, d = tile[lane], draw[lane]
+            r, c = t // col_tiles, t % col_tiles
+            s = dtype.type(scale[r, c])
+            for i in range(min(n, rows - r * n)):
+                o = out[c, d, r * n + i]
+                for j in range(n):
+                    o[j] = s * w[j * stride + 2 * i * LANES + lane]

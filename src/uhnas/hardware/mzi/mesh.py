@@ -1024,7 +1024,7 @@ def _column_bounds(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.searchsorted(lay.column, cols), np.searchsorted(lay.dummy_column, cols)
 
 
-def _compiled_matrices(
+def compiled_inputs(
     stack: MeshStack,
     n_draws: int,
     draws_given: bool,
@@ -1032,10 +1032,11 @@ def _compiled_matrices(
     chip: ChipErrors | None,
     generator: torch.Generator | None,
     dtype: torch.dtype,
-) -> Tensor:
-    """(M, b, n, n) on the CPU from the compiled builder (`mesh_kernel`): the model and the random draws of
-    `_prepare_stack` and the torch builders. ``b``: n_draws, or 1 when nothing differs between draws."""
-    from uhnas.hardware.mzi.mesh_kernel import build_meshes, noise_rotations  # compiled on first use (Numba)
+) -> tuple[tuple, int]:
+    """The arguments of the compiled builder (`mesh_kernel.build_meshes`, after its output) for a stack, with the
+    random draws of `_prepare_stack`, and ``b``: realisations per mesh (n_draws, or 1 when nothing differs between
+    draws). Also what the MZI backend's fused block builder (`block_kernel.build_blocks`) takes."""
+    from uhnas.hardware.mzi.mesh_kernel import noise_rotations  # compiled on first use (Numba)
 
     n, meshes = stack.n, len(stack)
     lay = mesh_layout(n)
@@ -1047,8 +1048,6 @@ def _compiled_matrices(
     rot = noise_rotations(float(noise.phase_std), np_dtype) if noisy else np.zeros((1, 2), np_dtype)
     per_mesh = n_draws if noisy or cb > 1 else 1
     column_start, dummy_start = _column_bounds(n)
-    out = torch.empty((meshes, per_mesh, n, n), dtype=dtype)
-
     chips, k_total = cm * cb, len(lay.column)
     ratio = chip.coupler_ratio.to(rdtype).contiguous()
     if not has_coupler_error:
@@ -1057,9 +1056,27 @@ def _compiled_matrices(
     amp = chip.mzi_loss_db.to(rdtype).mul(db_to_amp).exp_() if lossy else torch.ones((chips, k_total), dtype=rdtype)
     dummy_amp = (chip.dummy_loss_db.to(rdtype).mul(db_to_amp).exp_() if lossy
                  else torch.ones((chips, 0), dtype=rdtype))
-    build_meshes(out.numpy(), column_start, lay.top, dummy_start, lay.dummy_mode,
-                 *_nominal_rotations(stack, noise, np_dtype), seeds, noisy, rot, ratio.numpy(),
-                 amp.contiguous().numpy(), dummy_amp.contiguous().numpy(), cm, cb)
+    args = (column_start, lay.top, dummy_start, lay.dummy_mode, *_nominal_rotations(stack, noise, np_dtype), seeds,
+            bool(noisy), rot, ratio.numpy(), amp.contiguous().numpy(), dummy_amp.contiguous().numpy(), int(cm), int(cb))
+    return args, per_mesh
+
+
+def _compiled_matrices(
+    stack: MeshStack,
+    n_draws: int,
+    draws_given: bool,
+    noise: MeshNoise,
+    chip: ChipErrors | None,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> Tensor:
+    """(M, b, n, n) on the CPU from the compiled builder (`mesh_kernel`): the model and the random draws of
+    `_prepare_stack` and the torch builders. ``b``: n_draws, or 1 when nothing differs between draws."""
+    from uhnas.hardware.mzi.mesh_kernel import build_meshes  # compiled on first use (Numba)
+
+    args, per_mesh = compiled_inputs(stack, n_draws, draws_given, noise, chip, generator, dtype)
+    out = torch.empty((len(stack), per_mesh, stack.n, stack.n), dtype=dtype)
+    build_meshes(out.numpy(), *args)
     return out
 
 

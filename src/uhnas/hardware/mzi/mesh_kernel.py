@@ -44,7 +44,7 @@ from numba import njit
 from uhnas.hardware.counter_rng import LANE_MASK, mix
 from uhnas.hardware.sampling import quantile_table
 
-__all__ = ["LANES", "LANES_MAX_N", "build_meshes", "noise_rotations"]
+__all__ = ["LANES", "LANES_MAX_N", "build_meshes", "noise_rotations", "uses_lanes"]
 
 LANES = 16  # realisations per batch of the small-mesh layout (one AVX-512 register of float32)
 LANES_MAX_N = 48  # meshes up to this size use it (measured against the column layout: 0.52x the time at n = 8,
@@ -251,13 +251,23 @@ def _lane_mesh(column_start: np.ndarray, top: np.ndarray, gates: np.ndarray, n: 
         o = max(0, i * stride + i * 2 * LANES)
         for lane in range(LANES):
             w[o + lane] = 1
+    _lane_apply(column_start, top, gates, n, w, True)
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _lane_apply(column_start: np.ndarray, top: np.ndarray, gates: np.ndarray, n: int, w: np.ndarray,
+                from_identity: bool) -> None:  # pragma: no cover - compiled
+    """w := the gates applied to the matrices w holds (`_lane_mesh`'s layout); ``from_identity``: w held the
+    identity, so after c columns only the columns light can have reached are updated."""
+    stride = (2 * n + 1) * LANES
     for c in range(column_start.shape[0] - 1):
         for k in range(column_start[c], column_start[c + 1]):
             t = top[k]
             g = max(0, k * 8 * LANES)
             # after c columns row i is non-zero only in columns i - c .. i + c + 1; rows t, t + 1 of a matrix
             # column are adjacent (one block of 4 x LANES values)
-            for j in range(max(0, t - c), min(n, t + c + 2)):
+            lo, hi = (max(0, t - c), min(n, t + c + 2)) if from_identity else (0, n)
+            for j in range(lo, hi):
                 o = max(0, j * stride + t * 2 * LANES)
                 for lane in range(LANES):
                     q = g + lane  # the gate values are read once, before the stores (else twice: they might alias)
@@ -297,6 +307,40 @@ def _changed(now: np.ndarray, done: np.ndarray) -> bool:  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _lane_state(k_total: int, n: int, n_dummy: int, words: int, dtype: type) -> tuple:  # pragma: no cover - compiled
+    """The buffers `_lane_transfers` fills for LANES realisations, and the meshes and chips they hold (none yet)."""
+    screen = np.zeros((n + 1) * 2 * LANES, dtype=dtype)
+    screen[n * 2 * LANES : n * 2 * LANES + LANES] = 1  # the entry for no output phase: 1 + 0i
+    return (np.zeros(4 * words * LANES, dtype=np.uint16),  # noise table indices
+            np.zeros(k_total * 4 * LANES, dtype=dtype), np.zeros(n * 2 * LANES, dtype=dtype),  # nominal, _out
+            np.zeros(k_total * 4 * LANES, dtype=dtype), np.zeros(n * 2 * LANES, dtype=dtype),  # noise, _out
+            np.zeros((3, k_total * LANES), dtype=dtype), np.zeros(k_total * 4 * LANES, dtype=dtype),  # raw, couplers
+            np.ones((n_dummy + 1) * LANES, dtype=dtype),  # dummy amplitudes; the last entry stands for no dummy: 1
+            screen, np.zeros(k_total * 8 * LANES, dtype=dtype),  # screen, gates
+            np.full(LANES, -1, dtype=np.int64), np.full(LANES, -1, dtype=np.int64))  # meshes, chips held
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _lane_transfers(state, mesh, chip, seed, word, plan, theta_cs, phi_cs, output_cs, noisy, rot, ratio, amp,
+                    dummy_amp) -> np.ndarray:  # pragma: no cover - compiled
+    """The gates (`_lane_gates`) of the lanes' realisations: mesh[lane] on chip[lane], phase noise from word[lane]
+    of stream seed[lane]; per-mesh and per-chip values are recomputed only where they changed."""
+    index, nominal, nominal_out, noise, noise_out, raw, couplers, dummy, screen, gates, mesh_done, chip_done = state
+    in_slot, out_slot, screen_dummy = plan
+    if _changed(mesh, mesh_done):  # per mesh (draws >= LANES) or per batch
+        _lane_nominal(theta_cs, phi_cs, output_cs, mesh, nominal, nominal_out)
+    if _changed(chip, chip_done):  # per batch (a chip per draw), per mesh or once
+        _lane_chips(ratio, amp, dummy_amp, chip, raw, dummy)
+        _lane_couplers(raw, couplers)
+    if noisy:
+        _lane_indices(seed, word, index)
+        _lane_rotations(index, in_slot.shape[0], output_cs.shape[2], rot, noise, noise_out)
+    _lane_screen(nominal_out, noise_out, noisy, dummy, screen_dummy, screen)
+    _lane_gates(nominal, noise, noisy, couplers, dummy, screen, in_slot, out_slot, gates)
+    return gates
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _build_lanes(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs, output_cs, seeds, noisy, rot,
                  ratio, amp, dummy_amp, chip_meshes, chip_draws) -> None:  # pragma: no cover - compiled
     """`build_meshes` for small n: LANES realisations (mesh-major, draw-minor) at a time, one per lane."""
@@ -306,21 +350,10 @@ def _build_lanes(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_
     dtype = theta_cs.dtype
     total = meshes * draws
     result = out.reshape(-1).view(dtype).reshape(total, 2 * n * n)  # (complex stores were 1.5x slower)
-    in_slot, out_slot, screen_dummy = _fold_plan(column_start, top, dummy_start, dummy_mode, n)
+    plan = _fold_plan(column_start, top, dummy_start, dummy_mode, n)
+    state = _lane_state(k_total, n, n_dummy, words, dtype)
     w = np.zeros(n * (2 * n + 1) * LANES, dtype=dtype)
-    index = np.zeros(4 * words * LANES, dtype=np.uint16)
-    nominal = np.zeros(k_total * 4 * LANES, dtype=dtype)
-    nominal_out = np.zeros(n * 2 * LANES, dtype=dtype)
-    noise = np.zeros(k_total * 4 * LANES, dtype=dtype)
-    noise_out = np.zeros(n * 2 * LANES, dtype=dtype)
-    raw = np.zeros((3, k_total * LANES), dtype=dtype)
-    couplers = np.zeros(k_total * 4 * LANES, dtype=dtype)
-    dummy = np.ones((n_dummy + 1) * LANES, dtype=dtype)  # the last entry stands for no dummy: 1
-    screen = np.zeros((n + 1) * 2 * LANES, dtype=dtype)
-    screen[n * 2 * LANES : n * 2 * LANES + LANES] = 1  # ... and for no output phase: 1 + 0i
-    gates = np.zeros(k_total * 8 * LANES, dtype=dtype)
-    mesh, mesh_done = np.zeros(LANES, dtype=np.int64), np.full(LANES, -1, dtype=np.int64)
-    chip, chip_done = np.zeros(LANES, dtype=np.int64), np.full(LANES, -1, dtype=np.int64)
+    mesh, chip = np.zeros(LANES, dtype=np.int64), np.zeros(LANES, dtype=np.int64)
     seed, word = np.zeros(LANES, dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
     for first in range(0, total, LANES):
         m, d = first // draws, first % draws
@@ -329,16 +362,8 @@ def _build_lanes(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_
             chip[lane] = (m if chip_meshes > 1 else 0) * chip_draws + (d if chip_draws > 1 else 0)
             if first + lane + 1 < total:
                 m, d = (m + 1, 0) if d + 1 == draws else (m, d + 1)
-        if _changed(mesh, mesh_done):  # per mesh (draws >= LANES) or per batch
-            _lane_nominal(theta_cs, phi_cs, output_cs, mesh, nominal, nominal_out)
-        if _changed(chip, chip_done):  # per batch (a chip per draw), per mesh or once
-            _lane_chips(ratio, amp, dummy_amp, chip, raw, dummy)
-            _lane_couplers(raw, couplers)
-        if noisy:
-            _lane_indices(seed, word, index)
-            _lane_rotations(index, k_total, n, rot, noise, noise_out)
-        _lane_screen(nominal_out, noise_out, noisy, dummy, screen_dummy, screen)
-        _lane_gates(nominal, noise, noisy, couplers, dummy, screen, in_slot, out_slot, gates)
+        gates = _lane_transfers(state, mesh, chip, seed, word, plan, theta_cs, phi_cs, output_cs, noisy, rot, ratio,
+                                amp, dummy_amp)
         _lane_mesh(column_start, top, gates, n, w)
         _lane_store(w, result, first, min(LANES, total - first), n)
 
@@ -494,6 +519,12 @@ def _build_columns(out, column_start, top, dummy_start, dummy_mode, theta_cs, ph
                     row_out[j] = complex(co * row_r[j] - so * row_i[j], so * row_r[j] + co * row_i[j])
 
 
+def uses_lanes(n: int, realisations: int) -> bool:
+    """Whether ``realisations`` n x n meshes are built in the small-mesh layout: n <= LANES_MAX_N and at least 3/4
+    of the lanes have a realisation to compute."""
+    return 2 <= n <= LANES_MAX_N and 4 * realisations >= 3 * (-(-realisations // LANES) * LANES)
+
+
 def build_meshes(  # checked against the torch builder in tests/test_mzi_kernels.py
     out: np.ndarray,  # (M, D, n, n) complex result
     column_start: np.ndarray,  # (depth + 1,) first MZI of every column (MZIs ordered by column, then top mode)
@@ -516,8 +547,6 @@ def build_meshes(  # checked against the torch builder in tests/test_mzi_kernels
     least 3/4 of its lanes have a realisation to compute, else the large-mesh one (see the module docstring).
     Chosen here, not in compiled code, so that a process compiles only the layout it uses (~8 s for the small-mesh
     one, once per dtype; Numba caches it on disk)."""
-    n, total = out.shape[2], out.shape[0] * out.shape[1]
-    lanes = 2 <= n <= LANES_MAX_N and 4 * total >= 3 * (-(-total // LANES) * LANES)
-    (_build_lanes if lanes else _build_columns)(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs,
+    (_build_lanes if uses_lanes(out.shape[2], out.shape[0] * out.shape[1]) else _build_columns)(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs,
                                                 output_cs, seeds, bool(noisy), rot, ratio, amp, dummy_amp,
                                                 int(chip_meshes), int(chip_draws))
