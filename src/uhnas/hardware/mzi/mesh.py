@@ -72,7 +72,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from uhnas.hardware.counter_rng import counter_normals, seed_of
+from uhnas.hardware.counter_rng import counter_normals, fill_normals, seed_of
+from uhnas.hardware.sampling import quantile_table
 
 __all__ = [
     "ChipErrors",
@@ -1040,25 +1041,85 @@ def compiled_inputs(
 
     n, meshes = stack.n, len(stack)
     lay = mesh_layout(n)
-    chip, cm, cb, has_coupler_error, lossy = _stack_chips(stack, n_draws, draws_given, noise, chip, generator)
     rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
     np_dtype = np.float32 if rdtype == torch.float32 else np.float64
+    if chip is None:
+        ratio, amp, dummy_amp, cm, cb = _sampled_chip_values(n, meshes, n_draws, draws_given, noise, generator, np_dtype)
+    else:
+        ratio, amp, dummy_amp, cm, cb = _given_chip_values(stack, n_draws, noise, chip, rdtype)
     noisy = noise.phase_std > 0
     seeds = seed_of(generator, meshes) if noisy else np.zeros(meshes, dtype=np.uint64)
     rot = noise_rotations(float(noise.phase_std), np_dtype) if noisy else np.zeros((1, 2), np_dtype)
     per_mesh = n_draws if noisy or cb > 1 else 1
     column_start, dummy_start = _column_bounds(n)
-    chips, k_total = cm * cb, len(lay.column)
+    args = (column_start, lay.top, dummy_start, lay.dummy_mode, *_nominal_rotations(stack, noise, np_dtype), seeds,
+            bool(noisy), rot, ratio, amp, dummy_amp, int(cm), int(cb))
+    return args, per_mesh
+
+
+_DB_TO_AMP = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
+
+
+def _given_chip_values(stack: MeshStack, n_draws: int, noise: MeshNoise, chip: ChipErrors,
+                       rdtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """A given chip set as the compiled builder takes it: coupling ratios (chips, K, 2), MZI and dummy field
+    amplitudes (chips, K), (chips, n_dummy) (n_dummy = 0: lossless), and its (mesh, draw) extents."""
+    chip, cm, cb, has_coupler_error, lossy = _stack_chips(stack, n_draws, True, noise, chip, None)
+    chips, k_total = cm * cb, chip.coupler_ratio.shape[1]
     ratio = chip.coupler_ratio.to(rdtype).contiguous()
     if not has_coupler_error:
         ratio = torch.full((chips, k_total, 2), NOMINAL_SPLIT, dtype=rdtype)
-    db_to_amp = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
-    amp = chip.mzi_loss_db.to(rdtype).mul(db_to_amp).exp_() if lossy else torch.ones((chips, k_total), dtype=rdtype)
-    dummy_amp = (chip.dummy_loss_db.to(rdtype).mul(db_to_amp).exp_() if lossy
+    amp = chip.mzi_loss_db.to(rdtype).mul(_DB_TO_AMP).exp_() if lossy else torch.ones((chips, k_total), dtype=rdtype)
+    dummy_amp = (chip.dummy_loss_db.to(rdtype).mul(_DB_TO_AMP).exp_() if lossy
                  else torch.ones((chips, 0), dtype=rdtype))
-    args = (column_start, lay.top, dummy_start, lay.dummy_mode, *_nominal_rotations(stack, noise, np_dtype), seeds,
-            bool(noisy), rot, ratio.numpy(), amp.contiguous().numpy(), dummy_amp.contiguous().numpy(), int(cm), int(cb))
-    return args, per_mesh
+    return ratio.numpy(), amp.contiguous().numpy(), dummy_amp.contiguous().numpy(), cm, cb
+
+
+def _sampled_chip_values(n: int, meshes: int, n_draws: int, draws_given: bool, noise: MeshNoise,
+                         generator: torch.Generator | None,
+                         dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """`_given_chip_values` of the chips `_stack_chips` would sample, from the same samples of the same streams,
+    without the intermediate ChipErrors: each value is a table of the error model over the discretised normal's
+    2^16 values (`_coupler_ratios`, `_loss_amplitudes`), looked up at its sample's index (`fill_normals`), instead
+    of three to five torch passes and an exponential per value."""
+    lay = mesh_layout(n)
+    k_total, n_dummy = len(lay.column), len(lay.dummy_column)
+    random_chip = noise.coupler_error_std > 0 or noise.loss_db_std > 0
+    chips = meshes * n_draws if random_chip and (draws_given or meshes > 1) else 1
+    cm, cb = (1, 1) if chips == 1 else (meshes, n_draws)
+    ratio = np.full((chips, k_total, 2), NOMINAL_SPLIT, dtype=dtype)
+    if noise.coupler_error_std > 0:  # sample_chip's order: coupler normals, then loss normals
+        fill_normals(seed_of(generator, 1)[0], np.int64(0), _coupler_ratios(noise.coupler_error_std, dtype),
+                     ratio.reshape(-1))
+    lossy = noise.loss_db_per_mzi > 0 or noise.loss_db_std > 0
+    if noise.loss_db_std > 0:
+        values = np.empty((chips, k_total + n_dummy), dtype=dtype)
+        fill_normals(seed_of(generator, 1)[0], np.int64(0), _loss_amplitudes(noise.loss_db_per_mzi, noise.loss_db_std,
+                                                                           dtype), values.reshape(-1))
+        amp, dummy_amp = np.ascontiguousarray(values[:, :k_total]), np.ascontiguousarray(values[:, k_total:])
+    elif lossy:
+        nominal = math.exp(_DB_TO_AMP * noise.loss_db_per_mzi)
+        amp, dummy_amp = np.full((chips, k_total), nominal, dtype), np.full((chips, n_dummy), nominal, dtype)
+    else:
+        amp, dummy_amp = np.ones((chips, k_total), dtype), np.ones((chips, 0), dtype)
+    return ratio, amp, dummy_amp, cm, cb
+
+
+@lru_cache(maxsize=8)
+def _coupler_ratios(std: float, dtype: type) -> np.ndarray:
+    """(2^16,) coupling ratio clamp(1/2 + std z, 0, 1) per value z of the float32 discretised normal, in float32
+    arithmetic as `sample_chip` computes it."""
+    z = quantile_table(torch.float32).numpy()
+    return np.clip(z * np.float32(std) + np.float32(NOMINAL_SPLIT), 0.0, 1.0).astype(np.float32).astype(dtype)
+
+
+@lru_cache(maxsize=8)
+def _loss_amplitudes(mean_db: float, std_db: float, dtype: type) -> np.ndarray:
+    """(2^16,) field amplitude exp(-IL ln10 / 20) of the insertion loss IL = max(IL_0 + std z, 0) dB per value z of the
+    float32 discretised normal, IL in float32 arithmetic as `sample_chip` computes it."""
+    z = quantile_table(torch.float32).numpy()
+    loss = np.maximum(z * np.float32(std_db) + np.float32(mean_db), np.float32(0.0)).astype(np.float32)
+    return np.exp(loss.astype(dtype) * dtype(_DB_TO_AMP)).astype(dtype)
 
 
 def _compiled_matrices(

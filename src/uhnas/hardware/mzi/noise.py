@@ -168,13 +168,13 @@ def sampled_attenuator_field(transmission: Tensor, noise: MeshNoise, generator: 
     half_cs = torch.stack([torch.cos(half), torch.sin(half)], -1).numpy()
     rot = noise_rotations(noise.phase_std / 2, np_dtype) if phase.size else np.zeros((1, 2), np_dtype)
     out = torch.empty((draws, *transmission.shape), dtype=torch.complex64 if dtype == torch.float32 else torch.complex128)
-    attenuator_fields(half_cs, coupler, noise.coupler_error_std, loss, _loss_amplitudes(noise, np_dtype), phase, rot,
+    attenuator_fields(half_cs, coupler, noise.coupler_error_std, loss, _excess_loss_amplitudes(noise, np_dtype), phase, rot,
                       quantile_table(torch.float32).numpy().astype(np_dtype), out.numpy())
     return out
 
 
 @lru_cache(maxsize=8)
-def _loss_amplitudes(noise: MeshNoise, dtype: type) -> np.ndarray:
+def _excess_loss_amplitudes(noise: MeshNoise, dtype: type) -> np.ndarray:
     """(2^16,) field amplitude of the loss spread per value t of the float32 discretised normal (the samples
     `sample_attenuators` draws): 10^(-(max(0, IL_0 + sigma_IL t) - IL_0) / 20)."""
     t = quantile_table(torch.float32).double().numpy()
