@@ -1004,13 +1004,13 @@ def _prepare_stack(
 
 def _nominal_rotations(stack: MeshStack, noise: MeshNoise, dtype: np.dtype) -> tuple[np.ndarray, ...]:
     """cos and sin of the programmed (quantised, crosstalk-shifted) phases: theta, phi (M, 2, K), output (M, 2, n);
-    cached on the stack per (phase bits, crosstalk, dtype)."""
+    cached on the stack per (phase bits, crosstalk, dtype). Evaluated in ``dtype`` (numpy's float32 sine and cosine
+    are vectorised, 7x faster than float64's; the phase's float32 rounding moves them by < 2.5e-7)."""
     key = (noise.phase_bits, float(noise.crosstalk), np.dtype(dtype).name, "rotations")
     hit = stack._nominal.get(key)
     if hit is None:
         phases = _with_crosstalk(*_programmed(stack, noise), float(noise.crosstalk), mesh_layout(stack.n))
-        hit = tuple(np.ascontiguousarray(np.stack([np.cos(p.numpy()), np.sin(p.numpy())], 1), dtype=dtype)
-                    for p in phases)
+        hit = tuple(np.stack([np.cos(q), np.sin(q)], 1) for q in (p.numpy().astype(dtype) for p in phases))
         if len(stack._nominal) >= 8:
             stack._nominal.clear()
         stack._nominal[key] = hit
