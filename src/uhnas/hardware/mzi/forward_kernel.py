@@ -4,8 +4,9 @@ The model is `_Inference`'s (uhnas.hardware.mzi.backend): per draw d, input vect
 codes a = round(L_in x / s) of the tile's K inputs (s: their largest magnitude), the detected partial sums
 y[o] = sum_k W[c, d, o, k] a[k] + sigma[c, o] z in ADC steps, the ADC's round and clamp, and the digital
 accumulation out[o] += y[o] q[c, o] s, then the bias.  Here all of it is one loop nest over chunks of input
-vectors (the vectorised axis, a compile-time length), so each partial sum is produced, made noisy, quantised and
-accumulated while it is in a register, instead of in six passes over memory.
+vectors (the vectorised axis, a compile-time length) that stay in L1: per column tile, one pass makes the partial
+sums of four outputs at once (each code loaded once for the four), then one pass per output adds its noise,
+rounds, clamps and accumulates, instead of six passes over memory per output.
 
 Inputs and outputs are addressed through offset tables, so the kernel reads any strided layout in place: input
 (d, v, col) is ``src[draw_offset[d] + vector_offset[v] + column_offset[col]]`` (a conv layer's im2col windows are
@@ -71,7 +72,8 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
     scale = np.empty((c_tiles, VECTORS), dtype=dtype)
     y = np.empty(VECTORS, dtype=dtype)
     z = np.zeros(VECTORS, dtype=dtype)  # lanes past the last vector keep finite values
-    acc = np.empty(VECTORS, dtype=dtype)
+    acc4 = np.empty((4, VECTORS), dtype=dtype)
+    y4 = np.empty((4, VECTORS), dtype=dtype)
     chunks = (n + VECTORS - 1) // VECTORS
     outer, inner = (chunks, draws) if shared else (draws, chunks)
     for i in range(outer):
@@ -102,51 +104,75 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                         else:
                             for vi in range(VECTORS):
                                 cc[vi] = cc[vi] / sc[vi]
-            for o in range(outputs):
-                for vi in range(VECTORS):
-                    acc[vi] = 0
+            for o0 in range(0, outputs, 4):  # four outputs at a time: each code is loaded once for all four
+                # (their partial sums in registers; 20-25 % faster than one at a time; 2, 6 and 8 no better)
+                oa, ob, oc, od = o0, min(o0 + 1, outputs - 1), min(o0 + 2, outputs - 1), min(o0 + 3, outputs - 1)
+                for j in range(4):
+                    for vi in range(VECTORS):
+                        acc4[j, vi] = 0
                 for c in range(c_tiles):
-                    w = weights[c, d, o]
                     cw = codes[c]
-                    live = min(k, cols - c * k)  # the tile's real columns: zero padding would add exactly 0
-                    for kk in range(0, live - 3, 4):  # four terms per pass over the chunk
-                        w0, w1, w2, w3 = w[kk], w[kk + 1], w[kk + 2], w[kk + 3]
-                        c0, c1, c2, c3 = cw[kk], cw[kk + 1], cw[kk + 2], cw[kk + 3]
+                    wa, wb, wc, wd = weights[c, d, oa], weights[c, d, ob], weights[c, d, oc], weights[c, d, od]
+                    live = min(k, cols - c * k)
+                    for kk in range(0, live - 3, 4):
+                        a0, a1, a2, a3 = wa[kk], wa[kk + 1], wa[kk + 2], wa[kk + 3]
+                        b0, b1, b2, b3 = wb[kk], wb[kk + 1], wb[kk + 2], wb[kk + 3]
+                        e0, e1, e2, e3 = wc[kk], wc[kk + 1], wc[kk + 2], wc[kk + 3]
+                        f0, f1, f2, f3 = wd[kk], wd[kk + 1], wd[kk + 2], wd[kk + 3]
                         if kk == 0:
                             for vi in range(VECTORS):
-                                y[vi] = w0 * c0[vi] + w1 * c1[vi] + w2 * c2[vi] + w3 * c3[vi]
+                                x0, x1, x2, x3 = cw[kk, vi], cw[kk + 1, vi], cw[kk + 2, vi], cw[kk + 3, vi]
+                                y4[0, vi] = a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                                y4[1, vi] = b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                                y4[2, vi] = e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+                                y4[3, vi] = f0 * x0 + f1 * x1 + f2 * x2 + f3 * x3
                         else:
                             for vi in range(VECTORS):
-                                y[vi] += w0 * c0[vi] + w1 * c1[vi] + w2 * c2[vi] + w3 * c3[vi]
+                                x0, x1, x2, x3 = cw[kk, vi], cw[kk + 1, vi], cw[kk + 2, vi], cw[kk + 3, vi]
+                                y4[0, vi] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                                y4[1, vi] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                                y4[2, vi] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+                                y4[3, vi] += f0 * x0 + f1 * x1 + f2 * x2 + f3 * x3
                     for kk in range(live - live % 4, live):
-                        wk, ck = w[kk], cw[kk]
+                        a0, b0, e0, f0 = wa[kk], wb[kk], wc[kk], wd[kk]
                         if kk == 0:
                             for vi in range(VECTORS):
-                                y[vi] = wk * ck[vi]
+                                x0 = cw[kk, vi]
+                                y4[0, vi], y4[1, vi], y4[2, vi], y4[3, vi] = a0 * x0, b0 * x0, e0 * x0, f0 * x0
                         else:
                             for vi in range(VECTORS):
-                                y[vi] += wk * ck[vi]
-                    unit = out_scale[c, o]
+                                x0 = cw[kk, vi]
+                                y4[0, vi] += a0 * x0
+                                y4[1, vi] += b0 * x0
+                                y4[2, vi] += e0 * x0
+                                y4[3, vi] += f0 * x0
                     sc = scale[c]
-                    if noisy:  # the noise is added in the ADC pass (a separate pass over y stayed scalar)
-                        std = noise_std[c, o]
-                        word = np.uint64((start + ((d * c_tiles + c) * outputs + o) * n4 + v0) // 4)
-                        for q in range((m + 3) // 4):  # lanes past the last vector are never stored: no noise
-                            bits = mix(seed, word + np.uint64(q))
-                            for lane in range(4):
-                                z[4 * q + lane] = table[(bits >> np.uint64(16 * lane)) & LANE_MASK]
-                        if adc_levels > 0:
+                    for j in range(min(4, outputs - o0)):
+                        o = o0 + j
+                        y = y4[j]
+                        acc = acc4[j]
+                        unit = out_scale[c, o]
+                        if noisy:
+                            std = noise_std[c, o]
+                            word = np.uint64((start + ((d * c_tiles + c) * outputs + o) * n4 + v0) // 4)
+                            for q in range((m + 3) // 4):
+                                bits = mix(seed, word + np.uint64(q))
+                                for lane in range(4):
+                                    z[4 * q + lane] = table[(bits >> np.uint64(16 * lane)) & LANE_MASK]
+                            if adc_levels > 0:
+                                for vi in range(VECTORS):
+                                    acc[vi] += min(max(np.rint(y[vi] + std * z[vi]), -lim), lim) * unit * sc[vi]
+                            else:
+                                for vi in range(VECTORS):
+                                    acc[vi] += (y[vi] + std * z[vi]) * unit * sc[vi]
+                        elif adc_levels > 0:
                             for vi in range(VECTORS):
-                                acc[vi] += min(max(np.rint(y[vi] + std * z[vi]), -lim), lim) * unit * sc[vi]
+                                acc[vi] += min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
                         else:
                             for vi in range(VECTORS):
-                                acc[vi] += (y[vi] + std * z[vi]) * unit * sc[vi]
-                    elif adc_levels > 0:
-                        for vi in range(VECTORS):
-                            acc[vi] += min(max(np.rint(y[vi]), -lim), lim) * unit * sc[vi]
-                    else:
-                        for vi in range(VECTORS):
-                            acc[vi] += y[vi] * unit * sc[vi]
-                at, b = out_draw_offset[d] + out_offset[o], bias[o]
-                for vi in range(m):
-                    out[at + out_vector_offset[v0 + vi]] = acc[vi] + b
+                                acc[vi] += y[vi] * unit * sc[vi]
+                for j in range(min(4, outputs - o0)):
+                    o = o0 + j
+                    at, b = out_draw_offset[d] + out_offset[o], bias[o]
+                    for vi in range(m):
+                        out[at + out_vector_offset[v0 + vi]] = acc4[j, vi] + b
