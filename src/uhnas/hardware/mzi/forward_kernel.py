@@ -91,11 +91,11 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
                         cc = codes[c, kk]
                         at = base + column_offset[c * k + kk]
                         for vi in range(m):
-                            x = src[at + vector_offset[v0 + vi]]
-                            cc[vi] = x
-                            sc[vi] = max(sc[vi], abs(x))
+                            cc[vi] = src[at + vector_offset[v0 + vi]]
                         for vi in range(m, VECTORS):
                             cc[vi] = 0
+                        for vi in range(VECTORS):  # (a pass of its own: vectorised, not in the gather above)
+                            sc[vi] = max(sc[vi], abs(cc[vi]))
                     for kk in range(min(k, cols - c * k)):
                         cc = codes[c, kk]
                         if dac_levels > 0:
