@@ -13,11 +13,13 @@ not); with every non-ideality off B_d = B exactly. Inputs go through per-vector 
 partial sums through detector noise and an ADC (see `noise`), then are rescaled and accumulated digitally with
 the bias. Energy, resources and constraints: `energy`.
 
-Simulation: a layer's 2T meshes are decomposed (`clements_decompose_many`) and realised (`mesh_matrices`) in one
-batched call each; the mapping is cached per weight tensor. Monte-Carlo scoring uses a fused forward
-(`_Inference`, `_inference_forward`): DAC codes times blocks pre-divided by the ADC step, detector noise and ADC
-rounding in ADC steps, chunked so that every pass stays in cache; noise-aware training uses the differentiable
-`_tiled_forward` (the same model; the tests check that both agree).
+Simulation: a layer's 2T meshes are decomposed in one batched call (`clements_decompose_many`); the mapping is
+cached per weight tensor. realize() makes each layer's blocks for all draws at once: on a CPU in compiled code
+(`_compiled_inference`: `block_kernel` applies U's gates to diag(a) V in the lanes), elsewhere by `mesh_matrices`
+and a torch product (`_noisy_blocks`, the reference). Monte-Carlo scoring uses a fused forward (`_Inference`;
+`forward_kernel` on a CPU, `_inference_forward` elsewhere): DAC codes times blocks pre-divided by the ADC step,
+detector noise and ADC rounding in ADC steps, chunked so that every pass stays in cache; noise-aware training
+uses the differentiable `_tiled_forward` (the same model; the tests check that all of them agree).
 """
 
 from __future__ import annotations

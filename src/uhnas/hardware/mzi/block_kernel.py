@@ -66,7 +66,8 @@ def real_blocks(  # pragma: no cover - compiled; checked against the torch produ
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
 def attenuator_fields(  # pragma: no cover - compiled; checked against noise.attenuator_field in tests/test_mzi_backend.py
-    half_cs: np.ndarray,  # (T, K, 2) cos, sin of half the programmed (quantised, crosstalk-shifted) attenuator phase
+    half_cos: np.ndarray,  # (T K,) cos of half the programmed (quantised, crosstalk-shifted) attenuator phase
+    half_sin: np.ndarray,  # (T K,) its sine
     coupler: np.ndarray,  # (D T K 2,) uint16 table indices of the coupler-ratio normals (empty: ideal 50:50)
     coupler_std: float,
     loss: np.ndarray,  # (D T K,) uint16 table indices of the loss normals (empty: no loss spread)
@@ -74,27 +75,34 @@ def attenuator_fields(  # pragma: no cover - compiled; checked against noise.att
     phase: np.ndarray,  # (D T K,) uint16 table indices of the phase normals (empty: no phase noise)
     rot: np.ndarray,  # (2^15, 2) cos, sin of sigma_phi t / 2 (`mesh_kernel.noise_rotations`)
     table: np.ndarray,  # (2^16,) the discretised normal
-    out: np.ndarray,  # (D, T, K) complex: (cc + ss) sin(theta / 2) - i (cc - ss) cos(theta / 2), times the amplitude
+    out: np.ndarray,  # (D, T K, 2) re, im: (cc + ss) sin(theta / 2) - i (cc - ss) cos(theta / 2), times the amplitude
 ) -> None:
-    """The model of `noise.attenuator_field` for samples drawn as `noise.sample_attenuators` and it draw them."""
-    draws, tiles, k = out.shape
-    real = half_cs.dtype.type
-    half, one = real(0.5), real(1)
+    """The model of `noise.attenuator_field` for samples drawn as `noise.sample_attenuators` and it draw them: per
+    draw, the table lookups (scalar), then the field arithmetic in one vectorised pass."""
+    draws, count = out.shape[0], out.shape[1]
+    real = half_cos.dtype.type
+    half, one, zero = real(0.5), real(1), real(0)
+    cu, su = np.ones(count, dtype=half_cos.dtype), np.zeros(count, dtype=half_cos.dtype)
+    r1, r2 = np.full(count, half, dtype=half_cos.dtype), np.full(count, half, dtype=half_cos.dtype)
+    amp = np.ones(count, dtype=half_cos.dtype)
+    std = real(coupler_std)
     for d in range(draws):
-        for t in range(tiles):
-            for m in range(k):
-                e = (d * tiles + t) * k + m
-                ch, sh = half_cs[t, m, 0], half_cs[t, m, 1]
-                if phase.shape[0]:  # e^{i (h + sigma z / 2)} = e^{i h} e^{i sigma z / 2}
-                    cu, su = _rotation(rot, np.int64(phase[e]))
-                    ch, sh = ch * cu - sh * su, sh * cu + ch * su
-                cc = ss = half
-                if coupler.shape[0]:
-                    r1 = min(max(half + real(coupler_std) * real(table[coupler[2 * e]]), real(0)), one)
-                    r2 = min(max(half + real(coupler_std) * real(table[coupler[2 * e + 1]]), real(0)), one)
-                    cc, ss = np.sqrt(one - r1) * np.sqrt(one - r2), np.sqrt(r1) * np.sqrt(r2)
-                amp = loss_amp[loss[e]] if loss.shape[0] else one
-                out[d, t, m] = complex((cc + ss) * sh * amp, -(cc - ss) * ch * amp)
+        base = d * count
+        if phase.shape[0]:  # e^{i (h + sigma z / 2)} = e^{i h} e^{i sigma z / 2}
+            for e in range(count):
+                cu[e], su[e] = _rotation(rot, np.int64(phase[base + e]))
+        if coupler.shape[0]:
+            for e in range(count):
+                r1[e] = min(max(half + std * real(table[coupler[2 * (base + e)]]), zero), one)
+                r2[e] = min(max(half + std * real(table[coupler[2 * (base + e) + 1]]), zero), one)
+        if loss.shape[0]:
+            for e in range(count):
+                amp[e] = loss_amp[loss[base + e]]
+        o = out[d]
+        for e in range(count):
+            ch, sh = half_cos[e] * cu[e] - half_sin[e] * su[e], half_sin[e] * cu[e] + half_cos[e] * su[e]
+            cc, ss = np.sqrt(one - r1[e]) * np.sqrt(one - r2[e]), np.sqrt(r1[e]) * np.sqrt(r2[e])
+            o[e, 0], o[e, 1] = (cc + ss) * sh * amp[e], -(cc - ss) * ch * amp[e]
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")

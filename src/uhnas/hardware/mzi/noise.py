@@ -164,13 +164,19 @@ def sampled_attenuator_field(transmission: Tensor, noise: MeshNoise, generator: 
 
     coupler, loss, phase = (indices(noise.coupler_error_std > 0, 2), indices(noise.loss_db_std > 0),
                             indices(noise.phase_std > 0))
-    half = _programmed_attenuators(transmission, noise, dtype) / 2
-    half_cs = torch.stack([torch.cos(half), torch.sin(half)], -1).numpy()
+    half = (_programmed_attenuators(transmission, noise, dtype) / 2).reshape(-1)
     rot = noise_rotations(noise.phase_std / 2, np_dtype) if phase.size else np.zeros((1, 2), np_dtype)
     out = torch.empty((draws, *transmission.shape), dtype=torch.complex64 if dtype == torch.float32 else torch.complex128)
-    attenuator_fields(half_cs, coupler, noise.coupler_error_std, loss, _excess_loss_amplitudes(noise, np_dtype), phase, rot,
-                      quantile_table(torch.float32).numpy().astype(np_dtype), out.numpy())
+    attenuator_fields(torch.cos(half).numpy(), torch.sin(half).numpy(), coupler, noise.coupler_error_std, loss,
+                      _excess_loss_amplitudes(noise, np_dtype), phase, rot, _normal_table(np_dtype),
+                      torch.view_as_real(out).view(draws, -1, 2).numpy())
     return out
+
+
+@lru_cache(maxsize=2)
+def _normal_table(dtype: type) -> np.ndarray:
+    """The float32 discretised normal's values (the samples `sample_attenuators` draws) in ``dtype``."""
+    return quantile_table(torch.float32).numpy().astype(dtype)
 
 
 @lru_cache(maxsize=8)
