@@ -458,6 +458,24 @@ def test_training_programs_are_differentiable_and_resample_noise() -> None:
         assert torch.isfinite(grad).all()
 
 
+@pytest.mark.parametrize("spec, layer", [(MLP, 0), (CNN, 1)], ids=["linear", "conv"])
+def test_training_pools_from_compiled_and_torch_blocks_agree(monkeypatch, spec: dict, layer: int) -> None:
+    # noise-aware training draws its hardware errors W_hw - W from the same blocks realize() makes (compiled on a
+    # CPU, torch ops elsewhere): the same chips from the same generator, to float32 rounding
+    from uhnas.hardware.mzi import backend as mzi_backend
+
+    model = _net(spec)
+    matmul = model.matmuls()[layer]
+    pools = []
+    for compiled in (True, False):
+        monkeypatch.setattr(mzi_backend, "_COMPILED_ON_CPU", compiled)
+        pools.append(mzi_backend._TrainingPool(_mzi("mzi-worst"), matmul, _gen(5)).errors)
+    weight = matmul.matrix().detach()
+    assert pools[0].shape == pools[1].shape == (mzi_backend.TRAINING_POOL_DRAWS, *weight.shape)
+    torch.testing.assert_close(pools[0], pools[1], rtol=0, atol=2e-5 * float(weight.abs().max()))
+    assert float(pools[0].abs().max()) > 1e-3  # worst-case hardware really differs from the weights
+
+
 def test_noise_aware_training_runs_with_uhnas_train(digits) -> None:
     backend = _mzi("mzi-realistic")
     generator = _gen(0)

@@ -307,11 +307,22 @@ class MZIBackend:
         return 10.0 ** (-2 * mapped.meshes.depth * self.mesh_noise.loss_db_per_mzi / 20.0)
 
     def _compiled_inference(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> _Inference:
-        """`_Inference.build` of `_noisy_blocks` on a CPU, from compiled code and the same random draws: the meshes'
-        inputs (`mesh.compiled_inputs`), the attenuator fields in one pass (`noise.sampled_attenuator_field`), then
-        either the fused builder (`block_kernel.build_blocks`: U applied to diag(a) V in the lanes, no matrix stored)
-        or, where the small-mesh layout does not apply or nothing differs between draws, the built meshes times
-        the fields (`block_kernel.real_blocks`)."""
+        """`_Inference.build` of `_noisy_blocks` on a CPU, from compiled code and the same random draws
+        (`_compiled_blocks`)."""
+        k = self.params.mesh_size
+        real = torch.float32 if self.dtype == torch.complex64 else torch.float64
+        inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(mapped, self.params,
+                                                                                 self.detector_sigma, k, real)
+        weights = self._compiled_blocks(mapped, draws, generator, inv.numpy() / self._nominal_loss(mapped))
+        return _Inference(weights, noise_std, out_scale, dac_levels, adc_levels, self.detector_sigma > 0)
+
+    def _compiled_blocks(self, mapped: _Mapped, draws: int, generator: torch.Generator, scale: np.ndarray) -> Tensor:
+        """scale[r, c] x Re(U_d diag(a_d) V_d) of every block (r, c) and draw d as (C, D, out, K) (the forward's
+        layout), on a CPU from compiled code and the random draws of `_realised`: the meshes' inputs
+        (`mesh.compiled_inputs`), the attenuator fields in one pass (`noise.sampled_attenuator_field`), then either
+        the fused builder (`block_kernel.build_blocks`: U applied to diag(a) V in the lanes, no matrix stored) or,
+        where the small-mesh layout does not apply or nothing differs between draws, the built meshes times the
+        fields (`block_kernel.real_blocks`)."""
         from uhnas.hardware.mzi.block_kernel import build_blocks, real_blocks  # compiled on first use (Numba)
         from uhnas.hardware.mzi.mesh_kernel import build_meshes, uses_lanes
 
@@ -319,9 +330,6 @@ class MZIBackend:
         args, per_mesh = compiled_inputs(mapped.meshes, draws, True, noise, None, generator, self.dtype)
         real = torch.float32 if self.dtype == torch.complex64 else torch.float64
         field = sampled_attenuator_field(mapped.transmission, noise, generator, draws, dtype=real).numpy()
-        inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(mapped, self.params,
-                                                                                 self.detector_sigma, k, real)
-        scale = (inv / self._nominal_loss(mapped)).numpy()
         weights = torch.empty((mapped.col_tiles, draws, mapped.rows, k), dtype=real)
         if per_mesh == draws and uses_lanes(k, tiles * draws):
             build_blocks(*args, field, scale, mapped.col_tiles, weights.numpy())
@@ -330,7 +338,7 @@ class MZIBackend:
             build_meshes(mats.numpy(), *args)
             real_blocks(mats.expand(2 * tiles, draws, k, k).contiguous().numpy(), field, scale, mapped.col_tiles,
                         weights.numpy())
-        return _Inference(weights, noise_std, out_scale, dac_levels, adc_levels, self.detector_sigma > 0)
+        return weights
 
     def _program(self, layer: MatMul, fixed: _Inference, seed: int) -> Program:
         """rows (draws, n, in) -> (draws, n, out) through a realised layer; detector noise seeded by `seed`.
@@ -654,11 +662,16 @@ class _TrainingPool:
         with torch.no_grad():
             weight = layer.matrix().detach()
             draws = max(1, min(TRAINING_POOL_DRAWS, TRAINING_POOL_VALUES // weight.numel()))
-            self.mapped = _map_matrix(weight, backend.params.mesh_size)
-            blocks = backend._noisy_blocks(self.mapped, draws, generator)
-            blocks = blocks * self.mapped.sigma_max[None, :, :, None, None].to(blocks.dtype)
-            hardware = blocks.permute(0, 1, 3, 2, 4).reshape(draws, self.mapped.row_tiles * backend.params.mesh_size, -1)
-            hardware = hardware[:, : self.mapped.rows, : self.mapped.cols]
+            mapped = self.mapped = _map_matrix(weight, backend.params.mesh_size)
+            if _COMPILED_ON_CPU:  # (C, D, out, K) -> (D, out, C K)
+                blocks = backend._compiled_blocks(mapped, draws, generator,
+                                                  mapped.sigma_max.numpy() / backend._nominal_loss(mapped))
+                hardware = blocks.permute(1, 2, 0, 3).reshape(draws, mapped.rows, -1)[:, :, : mapped.cols]
+            else:
+                blocks = backend._noisy_blocks(mapped, draws, generator)
+                blocks = blocks * mapped.sigma_max[None, :, :, None, None].to(blocks.dtype)
+                hardware = blocks.permute(0, 1, 3, 2, 4).reshape(draws, mapped.row_tiles * backend.params.mesh_size, -1)
+                hardware = hardware[:, : mapped.rows, : mapped.cols]
             self.errors = (hardware - weight.to("cpu", hardware.dtype)).to(weight.device, weight.dtype)
         self.used = 0
 
