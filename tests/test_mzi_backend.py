@@ -265,7 +265,8 @@ def test_compiled_inference_equals_the_torch_blocks(preset: str, dtype: torch.dt
     assert got.weights.shape == expected.weights.shape == (mapped.col_tiles, draws, mapped.rows, 8)
     assert got.weights.dtype == expected.weights.dtype == (torch.float32 if dtype == torch.complex64 else torch.float64)
     scale = float(expected.weights.abs().max())
-    torch.testing.assert_close(got.weights, expected.weights, rtol=0, atol=(1e-5 if dtype == torch.complex64 else 1e-6) * scale)
+    tolerance = 1e-5 if dtype == torch.complex64 else 1e-6
+    torch.testing.assert_close(got.weights, expected.weights, rtol=0, atol=tolerance * scale)
     if draws > 1 and preset != CLEAN:
         assert not torch.equal(got.weights[:, 0], got.weights[:, 1])  # draws differ
     assert torch.equal(got.noise_std, expected.noise_std) and torch.equal(got.out_scale, expected.out_scale)
@@ -333,7 +334,8 @@ def test_attenuator_is_exact_when_ideal_and_leaks_with_coupler_error() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("noise", [
     MeshNoise(),
-    MeshNoise(phase_std=0.02, phase_bits=8, crosstalk=0.005, loss_db_per_mzi=0.2, loss_db_std=0.02, coupler_error_std=0.01),
+    MeshNoise(phase_std=0.02, phase_bits=8, crosstalk=0.005, loss_db_per_mzi=0.2, loss_db_std=0.02,
+              coupler_error_std=0.01),
     MeshNoise(phase_std=0.3, loss_db_per_mzi=0.1, loss_db_std=0.2, coupler_error_std=0.2),  # clamped ratios and losses
 ], ids=["ideal", "realistic", "harsh"])
 def test_compiled_attenuator_fields_equal_the_torch_model(noise: MeshNoise, dtype: torch.dtype) -> None:

@@ -19,7 +19,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from uhnas.hardware.mzi.mesh_kernel import LANES, _fold_plan, _lane_apply, _lane_mesh, _lane_state, _lane_transfers, _rotation
+from uhnas.hardware.mzi.mesh_kernel import (
+    LANES,
+    _fold_plan,
+    _lane_apply,
+    _lane_mesh,
+    _lane_state,
+    _lane_transfers,
+    _rotation,
+)
 
 __all__ = ["attenuator_fields", "build_blocks", "real_blocks"]
 
@@ -65,7 +73,7 @@ def real_blocks(  # pragma: no cover - compiled; checked against the torch produ
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
-def attenuator_fields(  # pragma: no cover - compiled; checked against noise.attenuator_field in tests/test_mzi_backend.py
+def attenuator_fields(  # pragma: no cover - compiled; checked against noise.attenuator_field in the tests
     half_cos: np.ndarray,  # (T K,) cos of half the programmed (quantised, crosstalk-shifted) attenuator phase
     half_sin: np.ndarray,  # (T K,) its sine
     coupler: np.ndarray,  # (D T K 2,) uint16 table indices of the coupler-ratio normals (empty: ideal 50:50)
@@ -106,7 +114,7 @@ def attenuator_fields(  # pragma: no cover - compiled; checked against noise.att
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def build_blocks(  # pragma: no cover - compiled; checked against real_blocks of mesh_matrices in tests/test_mzi_backend.py
+def build_blocks(  # pragma: no cover - compiled; checked against the torch blocks in tests/test_mzi_backend.py
     column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs, output_cs, seeds, noisy, rot, ratio, amp, dummy_amp,
     chip_meshes: int, chip_draws: int,  # the inputs `mesh_kernel.build_meshes` takes for the 2T meshes, U then V
     field: np.ndarray,  # (D, T, K) complex attenuator fields

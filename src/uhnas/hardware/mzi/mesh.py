@@ -1044,7 +1044,8 @@ def compiled_inputs(
     rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
     np_dtype = np.float32 if rdtype == torch.float32 else np.float64
     if chip is None:
-        ratio, amp, dummy_amp, cm, cb = _sampled_chip_values(n, meshes, n_draws, draws_given, noise, generator, np_dtype)
+        ratio, amp, dummy_amp, cm, cb = _sampled_chip_values(n, meshes, n_draws, draws_given, noise, generator,
+                                                              np_dtype)
     else:
         ratio, amp, dummy_amp, cm, cb = _given_chip_values(stack, n_draws, noise, chip, rdtype)
     noisy = noise.phase_std > 0

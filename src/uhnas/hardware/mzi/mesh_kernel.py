@@ -547,6 +547,6 @@ def build_meshes(  # checked against the torch builder in tests/test_mzi_kernels
     least 3/4 of its lanes have a realisation to compute, else the large-mesh one (see the module docstring).
     Chosen here, not in compiled code, so that a process compiles only the layout it uses (~8 s for the small-mesh
     one, once per dtype; Numba caches it on disk)."""
-    (_build_lanes if uses_lanes(out.shape[2], out.shape[0] * out.shape[1]) else _build_columns)(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs,
-                                                output_cs, seeds, bool(noisy), rot, ratio, amp, dummy_amp,
-                                                int(chip_meshes), int(chip_draws))
+    build = _build_lanes if uses_lanes(out.shape[2], out.shape[0] * out.shape[1]) else _build_columns
+    build(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs, output_cs, seeds, bool(noisy), rot, ratio,
+          amp, dummy_amp, int(chip_meshes), int(chip_draws))

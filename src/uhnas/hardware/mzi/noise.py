@@ -166,7 +166,8 @@ def sampled_attenuator_field(transmission: Tensor, noise: MeshNoise, generator: 
                             indices(noise.phase_std > 0))
     half = (_programmed_attenuators(transmission, noise, dtype) / 2).reshape(-1)
     rot = noise_rotations(noise.phase_std / 2, np_dtype) if phase.size else np.zeros((1, 2), np_dtype)
-    out = torch.empty((draws, *transmission.shape), dtype=torch.complex64 if dtype == torch.float32 else torch.complex128)
+    complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    out = torch.empty((draws, *transmission.shape), dtype=complex_dtype)
     attenuator_fields(torch.cos(half).numpy(), torch.sin(half).numpy(), coupler, noise.coupler_error_std, loss,
                       _excess_loss_amplitudes(noise, np_dtype), phase, rot, _normal_table(np_dtype),
                       torch.view_as_real(out).view(draws, -1, 2).numpy())
