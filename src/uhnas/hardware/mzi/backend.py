@@ -175,6 +175,7 @@ class MZIBackend:
         self.name = preset.name
         self.params: MZIParams = validate_params(MZIParams, preset)
         self.dtype = dtype  # complex dtype of the simulated meshes; complex128 for double-precision studies
+        self.real_dtype = torch.float32 if dtype == torch.complex64 else torch.float64  # ... and of the blocks
         p = self.params
         self.mesh_noise = MeshNoise(
             phase_std=p.phase_noise_std,
@@ -298,8 +299,7 @@ class MZIBackend:
         k, noise, tiles = self.params.mesh_size, self.mesh_noise, mapped.tiles
         mats = mesh_matrices(mapped.meshes, draws=draws, noise=noise, generator=generator, dtype=self.dtype)
         errors = sample_attenuators((tiles, k), noise, generator, chips=draws)
-        real = torch.float32 if self.dtype == torch.complex64 else torch.float64
-        field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=real)  # (D, T, K)
+        field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=self.real_dtype)
         return mats, field, self._nominal_loss(mapped)
 
     def _nominal_loss(self, mapped: _Mapped) -> float:
@@ -309,11 +309,9 @@ class MZIBackend:
     def _compiled_inference(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> _Inference:
         """`_Inference.build` of `_noisy_blocks` on a CPU, from compiled code and the same random draws
         (`_compiled_blocks`)."""
-        k = self.params.mesh_size
-        real = torch.float32 if self.dtype == torch.complex64 else torch.float64
-        inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(mapped, self.params,
-                                                                                 self.detector_sigma, k, real)
-        weights = self._compiled_blocks(mapped, draws, generator, inv.numpy() / self._nominal_loss(mapped))
+        inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(
+            mapped, self.params, self.detector_sigma, self.params.mesh_size, self.real_dtype)
+        weights = self._compiled_blocks(mapped, draws, generator, inv / self._nominal_loss(mapped))
         return _Inference(weights, noise_std, out_scale, dac_levels, adc_levels, self.detector_sigma > 0)
 
     def _compiled_blocks(self, mapped: _Mapped, draws: int, generator: torch.Generator, scale: np.ndarray) -> Tensor:
@@ -328,7 +326,7 @@ class MZIBackend:
 
         k, noise, tiles = self.params.mesh_size, self.mesh_noise, mapped.tiles
         args, per_mesh = compiled_inputs(mapped.meshes, draws, True, noise, None, generator, self.dtype)
-        real = torch.float32 if self.dtype == torch.complex64 else torch.float64
+        real = self.real_dtype
         field = sampled_attenuator_field(mapped.transmission, noise, generator, draws, dtype=real).numpy()
         weights = torch.empty((mapped.col_tiles, draws, mapped.rows, k), dtype=real)
         if per_mesh == draws and uses_lanes(k, tiles * draws):
@@ -483,9 +481,9 @@ def _per_column(x: np.ndarray, k: int, rows: int, dtype: torch.dtype) -> Tensor:
 
 
 def _inference_constants(mapped: _Mapped, p: MZIParams, sigma: float, k: int,
-                         dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, int | None, int | None]:
-    """`_Inference`'s per-block weight factor 1 / (L_in q) (R, C) (float64; 0 for an all-zero block), its noise_std and
-    out_scale, and the DAC and ADC levels. (In numpy: a dozen small torch ops cost ~0.25 ms per layer.)"""
+                         dtype: torch.dtype) -> tuple[np.ndarray, Tensor, Tensor, int | None, int | None]:
+    """`_Inference`'s per-block weight factor 1 / (L_in q) (R, C) (float64 numpy; 0 for an all-zero block), its
+    noise_std and out_scale, and the DAC and ADC levels. (In numpy: a dozen small torch ops cost ~0.25 ms per layer.)"""
     gain = mapped.sigma_max.numpy()  # (R, C)
     live = gain > 0  # an all-zero block contributes exactly 0 (its noise and ADC output are multiplied by 0)
     safe = np.where(live, gain, 1.0)
@@ -498,8 +496,7 @@ def _inference_constants(mapped: _Mapped, p: MZIParams, sigma: float, k: int,
     inv = np.where(live, 1.0 / (step * (dac_levels or 1)), 0.0)
     noise_std = np.where(live, sigma / step, 0.0)
     rows = mapped.rows
-    return (torch.from_numpy(inv), _per_column(noise_std, k, rows, dtype), _per_column(step * gain, k, rows, dtype),
-            dac_levels, adc_levels)
+    return inv, _per_column(noise_std, k, rows, dtype), _per_column(step * gain, k, rows, dtype), dac_levels, adc_levels
 
 
 @dataclass(frozen=True)
@@ -529,7 +526,7 @@ class _Inference:
         inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(mapped, p, sigma, k, blocks.dtype)
         weights = blocks.permute(2, 0, 1, 3, 4).reshape(c_tiles, d, r_tiles * k, k)[:, :, : mapped.rows]
         return _Inference(
-            weights=(weights * _per_column(inv.numpy(), k, mapped.rows, blocks.dtype)[:, None]).contiguous(),
+            weights=(weights * _per_column(inv, k, mapped.rows, blocks.dtype)[:, None]).contiguous(),
             noise_std=noise_std,
             out_scale=out_scale,
             dac_levels=dac_levels,

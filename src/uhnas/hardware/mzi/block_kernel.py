@@ -10,8 +10,8 @@ both agree.
 
 The attenuator fields a come from `attenuator_fields`: the model of `noise.attenuator_field` in one pass over the
 (draw, block, attenuator) elements, every random quantity a table lookup at its sample's index (a rotation by the
-phase noise, as in `mesh_kernel`; the loss spread's amplitude tabulated over the normal's 2^16 values) instead of
-some twenty torch passes with a sine, a cosine and a power each.
+phase noise, as in `mesh_kernel`; the coupling ratios and the loss spread's amplitude tabulated over the normal's
+2^16 values) instead of some twenty torch passes with a sine, a cosine and a power each.
 """
 
 from __future__ import annotations
@@ -77,23 +77,22 @@ def attenuator_fields(  # pragma: no cover - compiled; checked against noise.att
     half_cos: np.ndarray,  # (T K,) cos of half the programmed (quantised, crosstalk-shifted) attenuator phase
     half_sin: np.ndarray,  # (T K,) its sine
     coupler: np.ndarray,  # (D T K 2,) uint16 table indices of the coupler-ratio normals (empty: ideal 50:50)
-    coupler_std: float,
+    ratios: np.ndarray,  # (2^16,) the coupling ratio per index (`mesh.sampled_coupler_ratios`)
     loss: np.ndarray,  # (D T K,) uint16 table indices of the loss normals (empty: no loss spread)
     loss_amp: np.ndarray,  # (2^16,) field amplitude 10^(-(max(0, IL_0 + sigma_IL t) - IL_0) / 20) per table value t
     phase: np.ndarray,  # (D T K,) uint16 table indices of the phase normals (empty: no phase noise)
     rot: np.ndarray,  # (2^15, 2) cos, sin of sigma_phi t / 2 (`mesh_kernel.noise_rotations`)
-    table: np.ndarray,  # (2^16,) the discretised normal
     out: np.ndarray,  # (D, T K, 2) re, im: (cc + ss) sin(theta / 2) - i (cc - ss) cos(theta / 2), times the amplitude
 ) -> None:
     """The model of `noise.attenuator_field` for samples drawn as `noise.sample_attenuators` and it draw them: per
     draw, the table lookups (scalar), then the field arithmetic in one vectorised pass."""
     draws, count = out.shape[0], out.shape[1]
     real = half_cos.dtype.type
-    half, one, zero = real(0.5), real(1), real(0)
+    one = real(1)
     cu, su = np.ones(count, dtype=half_cos.dtype), np.zeros(count, dtype=half_cos.dtype)
-    r1, r2 = np.full(count, half, dtype=half_cos.dtype), np.full(count, half, dtype=half_cos.dtype)
+    r1 = np.full(count, real(0.5), dtype=half_cos.dtype)  # without coupler errors: 50:50 (mesh.NOMINAL_SPLIT)
+    r2 = r1.copy()
     amp = np.ones(count, dtype=half_cos.dtype)
-    std = real(coupler_std)
     for d in range(draws):
         base = d * count
         if phase.shape[0]:  # e^{i (h + sigma z / 2)} = e^{i h} e^{i sigma z / 2}
@@ -101,8 +100,7 @@ def attenuator_fields(  # pragma: no cover - compiled; checked against noise.att
                 cu[e], su[e] = _rotation(rot, np.int64(phase[base + e]))
         if coupler.shape[0]:
             for e in range(count):
-                r1[e] = min(max(half + std * real(table[coupler[2 * (base + e)]]), zero), one)
-                r2[e] = min(max(half + std * real(table[coupler[2 * (base + e) + 1]]), zero), one)
+                r1[e], r2[e] = ratios[coupler[2 * (base + e)]], ratios[coupler[2 * (base + e) + 1]]
         if loss.shape[0]:
             for e in range(count):
                 amp[e] = loss_amp[loss[base + e]]

@@ -70,7 +70,6 @@ def forward_layer(  # pragma: no cover - compiled; checked against the torch for
     # lanes past the last vector hold zero codes and are never stored
     codes = np.zeros((c_tiles, k, VECTORS), dtype=dtype)
     scale = np.empty((c_tiles, VECTORS), dtype=dtype)
-    y = np.empty(VECTORS, dtype=dtype)
     z = np.zeros(VECTORS, dtype=dtype)  # lanes past the last vector keep finite values
     acc4 = np.empty((4, VECTORS), dtype=dtype)
     y4 = np.empty((4, VECTORS), dtype=dtype)

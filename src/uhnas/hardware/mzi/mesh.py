@@ -91,6 +91,7 @@ __all__ = [
 
 TWO_PI = 2.0 * math.pi
 NOMINAL_SPLIT = 0.5  # power cross-coupling ratio of an ideal 50:50 directional coupler
+_DB_TO_AMP = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
 CPU_DRAW_CHUNK = 16  # least draws per batched product chunk on a CPU (measured best at n = 64 and 128)
 _COMPILED_ON_CPU = True  # CPU meshes from the compiled builder (`mesh_kernel`); the tests switch it off to check
 #                          the torch builders (used on other devices) on a CPU
@@ -899,6 +900,13 @@ def _chip_batch(chip: ChipErrors, meshes: int, n_draws: int) -> tuple[int, int]:
                      f"(one per mesh and draw)")
 
 
+def _sampled_chips(meshes: int, n_draws: int, draws_given: bool, noise: MeshNoise) -> int:
+    """How many chips a mesh_matrices call samples: one per mesh and draw (mesh-major) if the noise has chip errors
+    and there is more than one realisation, else the single nominal chip."""
+    random_chip = noise.coupler_error_std > 0 or noise.loss_db_std > 0
+    return meshes * n_draws if random_chip and (draws_given or meshes > 1) else 1
+
+
 def _stack_chips(
     stack: MeshStack,
     n_draws: int,
@@ -911,9 +919,8 @@ def _stack_chips(
     whether they have coupler errors and loss."""
     n, meshes = stack.n, len(stack)
     if chip is None:
-        random_chip = noise.coupler_error_std > 0 or noise.loss_db_std > 0
-        chip = sample_chip(n, noise, generator, draws=meshes * n_draws if random_chip and (draws_given or meshes > 1)
-                           else None)
+        chips = _sampled_chips(meshes, n_draws, draws_given, noise)
+        chip = sample_chip(n, noise, generator, draws=None if chips == 1 else chips)
         has_coupler_error = noise.coupler_error_std > 0
         lossy = noise.loss_db_per_mzi > 0 or noise.loss_db_std > 0
     else:
@@ -945,9 +952,8 @@ def _chip_values(
         products = torch.stack([c[..., 0] * c[..., 1], r[..., 0] * r[..., 1], r[..., 0] * c[..., 1],
                                 c[..., 0] * r[..., 1]])
     if lossy:
-        db_to_amp = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
-        mzi_amp = chip.mzi_loss_db.to(device=dev, dtype=rdtype).mul(db_to_amp).exp_()
-        dummy_amp = chip.dummy_loss_db.to(device=dev, dtype=rdtype).mul(db_to_amp).exp_()
+        mzi_amp = chip.mzi_loss_db.to(device=dev, dtype=rdtype).mul(_DB_TO_AMP).exp_()
+        dummy_amp = chip.dummy_loss_db.to(device=dev, dtype=rdtype).mul(_DB_TO_AMP).exp_()
     return products, mzi_amp, dummy_amp
 
 
@@ -1058,9 +1064,6 @@ def compiled_inputs(
     return args, per_mesh
 
 
-_DB_TO_AMP = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
-
-
 def _given_chip_values(stack: MeshStack, n_draws: int, noise: MeshNoise, chip: ChipErrors,
                        rdtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """A given chip set as the compiled builder takes it: coupling ratios (chips, K, 2), MZI and dummy field
@@ -1081,16 +1084,15 @@ def _sampled_chip_values(n: int, meshes: int, n_draws: int, draws_given: bool, n
                          dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """`_given_chip_values` of the chips `_stack_chips` would sample, from the same samples of the same streams,
     without the intermediate ChipErrors: each value is a table of the error model over the discretised normal's
-    2^16 values (`_coupler_ratios`, `_loss_amplitudes`), looked up at its sample's index (`fill_normals`), instead
-    of three to five torch passes and an exponential per value."""
+    2^16 values (`sampled_coupler_ratios`, `_loss_amplitudes`), looked up at its sample's index (`fill_normals`),
+    instead of three to five torch passes and an exponential per value."""
     lay = mesh_layout(n)
     k_total, n_dummy = len(lay.column), len(lay.dummy_column)
-    random_chip = noise.coupler_error_std > 0 or noise.loss_db_std > 0
-    chips = meshes * n_draws if random_chip and (draws_given or meshes > 1) else 1
+    chips = _sampled_chips(meshes, n_draws, draws_given, noise)
     cm, cb = (1, 1) if chips == 1 else (meshes, n_draws)
     ratio = np.full((chips, k_total, 2), NOMINAL_SPLIT, dtype=dtype)
     if noise.coupler_error_std > 0:  # sample_chip's order: coupler normals, then loss normals
-        fill_normals(seed_of(generator, 1)[0], np.int64(0), _coupler_ratios(noise.coupler_error_std, dtype),
+        fill_normals(seed_of(generator, 1)[0], np.int64(0), sampled_coupler_ratios(noise.coupler_error_std, dtype),
                      ratio.reshape(-1))
     lossy = noise.loss_db_per_mzi > 0 or noise.loss_db_std > 0
     if noise.loss_db_std > 0:
@@ -1107,20 +1109,25 @@ def _sampled_chip_values(n: int, meshes: int, n_draws: int, draws_given: bool, n
 
 
 @lru_cache(maxsize=8)
-def _coupler_ratios(std: float, dtype: type) -> np.ndarray:
+def sampled_coupler_ratios(std: float, dtype: type) -> np.ndarray:
     """(2^16,) coupling ratio clamp(1/2 + std z, 0, 1) per value z of the float32 discretised normal, in float32
-    arithmetic as `sample_chip` computes it."""
+    arithmetic as `sample_chip` (and the attenuators' `noise.sample_attenuators`) compute it."""
     z = quantile_table(torch.float32).numpy()
     return np.clip(z * np.float32(std) + np.float32(NOMINAL_SPLIT), 0.0, 1.0).astype(np.float32).astype(dtype)
 
 
 @lru_cache(maxsize=8)
-def _loss_amplitudes(mean_db: float, std_db: float, dtype: type) -> np.ndarray:
-    """(2^16,) field amplitude exp(-IL ln10 / 20) of the insertion loss IL = max(IL_0 + std z, 0) dB per value z of the
-    float32 discretised normal, IL in float32 arithmetic as `sample_chip` computes it."""
+def sampled_losses(mean_db: float, std_db: float) -> np.ndarray:
+    """(2^16,) insertion loss IL = max(IL_0 + std z, 0) dB per value z of the float32 discretised normal, in float32
+    arithmetic as `sample_chip` (and the attenuators' `noise.sample_attenuators`) compute it."""
     z = quantile_table(torch.float32).numpy()
-    loss = np.maximum(z * np.float32(std_db) + np.float32(mean_db), np.float32(0.0)).astype(np.float32)
-    return np.exp(loss.astype(dtype) * dtype(_DB_TO_AMP)).astype(dtype)
+    return np.maximum(z * np.float32(std_db) + np.float32(mean_db), np.float32(0.0)).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _loss_amplitudes(mean_db: float, std_db: float, dtype: type) -> np.ndarray:
+    """(2^16,) field amplitude exp(-IL ln10 / 20) of each of `sampled_losses`."""
+    return np.exp(sampled_losses(mean_db, std_db).astype(dtype) * dtype(_DB_TO_AMP)).astype(dtype)
 
 
 def _compiled_matrices(

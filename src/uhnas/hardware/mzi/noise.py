@@ -43,11 +43,9 @@ import torch
 from torch import Tensor
 
 from uhnas.hardware.counter_rng import fill_indices, seed_of
-
 from uhnas.hardware.mzi.energy import HZ_PER_GHZ, detector_power_mw
-from uhnas.hardware.mzi.mesh import NOMINAL_SPLIT, TWO_PI, MeshNoise, _normal
+from uhnas.hardware.mzi.mesh import NOMINAL_SPLIT, TWO_PI, MeshNoise, _normal, sampled_coupler_ratios, sampled_losses
 from uhnas.hardware.precision import quantize_symmetric, straight_through
-from uhnas.hardware.sampling import quantile_table
 
 if TYPE_CHECKING:
     from uhnas.hardware.mzi.backend import MZIParams
@@ -168,25 +166,19 @@ def sampled_attenuator_field(transmission: Tensor, noise: MeshNoise, generator: 
     rot = noise_rotations(noise.phase_std / 2, np_dtype) if phase.size else np.zeros((1, 2), np_dtype)
     complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
     out = torch.empty((draws, *transmission.shape), dtype=complex_dtype)
-    attenuator_fields(torch.cos(half).numpy(), torch.sin(half).numpy(), coupler, noise.coupler_error_std, loss,
-                      _excess_loss_amplitudes(noise, np_dtype), phase, rot, _normal_table(np_dtype),
+    ratios = sampled_coupler_ratios(noise.coupler_error_std, np_dtype)
+    attenuator_fields(torch.cos(half).numpy(), torch.sin(half).numpy(), coupler, ratios, loss,
+                      _excess_loss_amplitudes(noise.loss_db_per_mzi, noise.loss_db_std, np_dtype), phase, rot,
                       torch.view_as_real(out).view(draws, -1, 2).numpy())
     return out
 
 
-@lru_cache(maxsize=2)
-def _normal_table(dtype: type) -> np.ndarray:
-    """The float32 discretised normal's values (the samples `sample_attenuators` draws) in ``dtype``."""
-    return quantile_table(torch.float32).numpy().astype(dtype)
-
-
 @lru_cache(maxsize=8)
-def _excess_loss_amplitudes(noise: MeshNoise, dtype: type) -> np.ndarray:
-    """(2^16,) field amplitude of the loss spread per value t of the float32 discretised normal (the samples
-    `sample_attenuators` draws): 10^(-(max(0, IL_0 + sigma_IL t) - IL_0) / 20)."""
-    t = quantile_table(torch.float32).double().numpy()
-    loss = np.maximum(noise.loss_db_per_mzi + noise.loss_db_std * t, 0.0)
-    return (10.0 ** (-(loss - noise.loss_db_per_mzi) / 20.0)).astype(dtype)
+def _excess_loss_amplitudes(mean_db: float, std_db: float, dtype: type) -> np.ndarray:
+    """(2^16,) field amplitude 10^(-(IL - IL_0) / 20) of the loss spread, for each loss IL of `mesh.sampled_losses`
+    (the nominal loss IL_0 is calibrated out, as in `attenuator_field`)."""
+    excess = sampled_losses(mean_db, std_db).astype(dtype) - dtype(mean_db)
+    return (10.0 ** (-excess / 20.0)).astype(dtype)
 
 
 def dac(a: Tensor, bits: int | None, *, train: bool) -> Tensor:
