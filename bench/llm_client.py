@@ -12,15 +12,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_llm_server import FakeLLMServer  # noqa: E402
-
 from uhnas.llm.cache import ResponseCache  # noqa: E402
 from uhnas.llm.client import LLMClient, LLMConfig  # noqa: E402
 

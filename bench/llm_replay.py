@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_llm_server import FakeLLMServer, closed_port_url  # noqa: E402
 from llm_responders import ArchResponder, FaultPlan, SyntheticExecutor  # noqa: E402
-
 from uhnas.config import RunConfig, load_config  # noqa: E402
 from uhnas.llm.cache import CallLog  # noqa: E402
 from uhnas.llm.client import LLMClient  # noqa: E402
@@ -47,7 +46,7 @@ class CompleteTimer:
         self.calls = 0
         self._original = LLMClient.complete
 
-    def __enter__(self) -> "CompleteTimer":
+    def __enter__(self) -> CompleteTimer:
         original, timer = self._original, self
 
         def timed(client: LLMClient, *args: Any, **kwargs: Any) -> Any:
@@ -115,7 +114,9 @@ def main() -> None:
             with CompleteTimer() as rec_timer:
                 record_s = timed_run(record_cfg, tmp / "record")
             requests = len(server.chat_requests)
-        replay_cfg = config("uhnas", closed_port_url(), args.generations, args.backend, f"llm.provider=replay:{tmp / 'record'}")
+        replay_cfg = config(
+            "uhnas", closed_port_url(), args.generations, args.backend, f"llm.provider=replay:{tmp / 'record'}"
+        )
         with CompleteTimer() as rep_timer:
             replay_s = timed_run(replay_cfg, tmp / "replay")
         identical = trials(tmp / "record") == trials(tmp / "replay")
@@ -142,7 +143,8 @@ def main() -> None:
         print(f"  nsga2  : {reference_s:7.2f} s wall (same engine and budget, no LLM) -> replay/nsga2 "
               f"{replay_s / reference_s:.2f}x, record/nsga2 {record_s / reference_s:.2f}x")  # fmt: skip
         print(f"  tokens : {prompt:,} prompt + {completion:,} completion = {prompt + completion:,} "
-              f"({len(calls) / budget:.2f} calls, {(prompt + completion) / budget:,.0f} tokens per candidate)")  # fmt: skip
+              f"({len(calls) / budget:.2f} calls, {(prompt + completion) / budget:,.0f} tokens per "
+              "candidate)")  # fmt: skip
         for purpose, (n, p, c) in sorted(by_purpose.items()):
             print(f"    {purpose:10s} {n:4d} calls, {p / n:7,.0f} prompt + {c / n:5,.0f} completion tokens per call")
 
@@ -161,10 +163,13 @@ def main() -> None:
         ftokens = sum(c["prompt_tokens"] + c["completion_tokens"] for c in flog)
         print(f"\nfault mix: every {args.fault_period}th architecture request faulty, cycling "
               f"{', '.join(sorted(set(plan.served)))} ({len(plan.served)} faults served)")  # fmt: skip
-        print(f"  {fault_s:.2f} s wall, {len(flog)} LLM calls ({http} HTTP requests incl. retries), "
-              f"{ftokens / budget:,.0f} tokens per candidate ({ftokens / (prompt + completion):.2f}x the clean run)")
-        print("  architecture answers: " + ", ".join(f"{k} {verdicts[k]}" for k in
-              ("valid", "malformed", "schema", "shape", "constraint", "duplicate") if k in verdicts or k == "valid"))  # fmt: skip
+        print(
+            f"  {fault_s:.2f} s wall, {len(flog)} LLM calls ({http} HTTP requests incl. retries), "
+            f"{ftokens / budget:,.0f} tokens per candidate ({ftokens / (prompt + completion):.2f}x the clean run)"
+        )
+        kinds = ("valid", "malformed", "schema", "shape", "constraint", "duplicate")
+        shown = [f"{k} {verdicts[k]}" for k in kinds if k in verdicts or k == "valid"]
+        print("  architecture answers: " + ", ".join(shown))
         print(f"  proposals repaired: {repaired}; slot attempts refused: {refused}; failed slots: {failed_slots}; "
               f"transport retries: {sum(max(0, c['attempts'] - 1) for c in flog)}")  # fmt: skip
 

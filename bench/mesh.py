@@ -150,20 +150,27 @@ def many_meshes(device: torch.device, sync: Callable[[], None], repeats: int) ->
     """Per-mesh loop vs one batched call for a layer's worth of meshes (M meshes of size n, 32 draws)."""
     draws = 32
     print(f"many meshes of one size, {draws} draws each (a backend layer: 2 meshes per K x K block)")
-    print(f"{'n':>4} {'M':>5} {'loop ms':>9} {'batched ms':>11} {'speedup':>8} {'max|batched-loop|':>18} "
-          f"{'decompose loop ms':>18} {'decompose many ms':>18} {'speedup':>8}")
+    print(
+        f"{'n':>4} {'M':>5} {'loop ms':>9} {'batched ms':>11} {'speedup':>8} {'max|batched-loop|':>18} "
+        f"{'decompose loop ms':>18} {'decompose many ms':>18} {'speedup':>8}"
+    )
     for n, meshes in ((8, 160), (8, 36), (16, 40), (32, 10)):
         us = np.stack([haar(n, seed=1000 * n + i) for i in range(meshes)])
         phases = [clements_decompose(u) for u in us]
         stack = MeshStack.of(phases)
         gen = torch.Generator().manual_seed(0)
-        loop = median_ms(lambda: [mesh_matrix(p, draws=draws, noise=TYPICAL, generator=gen, device=device)
-                                  for p in phases], max(1, repeats // 3), sync)
-        batched = median_ms(lambda: mesh_matrices(stack, draws=draws, noise=TYPICAL, generator=gen, device=device),
-                            repeats, sync)
+        loop = median_ms(
+            lambda: [mesh_matrix(p, draws=draws, noise=TYPICAL, generator=gen, device=device) for p in phases],
+            max(1, repeats // 3),
+            sync,
+        )
+        batched = median_ms(
+            lambda: mesh_matrices(stack, draws=draws, noise=TYPICAL, generator=gen, device=device), repeats, sync
+        )
         # the same stream (mesh_matrices: all chips first, then each mesh's phase errors as mesh_matrix draws them)
-        ours = mesh_matrices(stack, draws=draws, noise=TYPICAL, generator=torch.Generator().manual_seed(5),
-                             device=device)
+        ours = mesh_matrices(
+            stack, draws=draws, noise=TYPICAL, generator=torch.Generator().manual_seed(5), device=device
+        )
         g = torch.Generator().manual_seed(5)
         chips = sample_chip(n, TYPICAL, g, draws=meshes * draws)
         err = 0.0
@@ -174,8 +181,10 @@ def many_meshes(device: torch.device, sync: Callable[[], None], repeats: int) ->
             err = max(err, float((ours[m] - one).abs().max()))
         dec_loop = median_ms(lambda: [clements_decompose(u) for u in us], max(1, repeats // 3), lambda: None)
         dec_many = median_ms(lambda: clements_decompose_many(us), repeats, lambda: None)
-        print(f"{n:>4} {meshes:>5} {loop:>9.2f} {batched:>11.2f} {loop / batched:>7.1f}x {err:>18.1e} "
-              f"{dec_loop:>18.2f} {dec_many:>18.2f} {dec_loop / dec_many:>7.1f}x")
+        print(
+            f"{n:>4} {meshes:>5} {loop:>9.2f} {batched:>11.2f} {loop / batched:>7.1f}x {err:>18.1e} "
+            f"{dec_loop:>18.2f} {dec_many:>18.2f} {dec_loop / dec_many:>7.1f}x"
+        )
 
 
 def main() -> None:
@@ -193,21 +202,31 @@ def main() -> None:
     global CLOCK
     CLOCK = time.perf_counter if device.type == "cuda" else time.process_time
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"uhnas mesh benchmark: torch {torch.__version__}, {torch.get_num_threads()} thread, device {device}, "
-          f"{args.draws} draws, noise {TYPICAL}; allocator keeps freed memory: {tuned}")
-    print(f"1-minute load average {load:.2f} on {os.cpu_count()} cores"
-          + ("  <-- machine is loaded: absolute times are inflated; ratios are measured in the same run" if load > 0.5
-             else ""))
-    header = (f"{'n':>4} {'ours ms/mat':>12} {'ref ms/mat':>11} {'floor ms/mat':>13} {'ours 64-draw ms':>16} "
-              f"{'speedup vs ref':>15} {'ours/floor':>11} {'max|ours-ref|':>14} {'faults/call':>12}")
+    print(
+        f"uhnas mesh benchmark: torch {torch.__version__}, {torch.get_num_threads()} thread, device {device}, "
+        f"{args.draws} draws, noise {TYPICAL}; allocator keeps freed memory: {tuned}"
+    )
+    print(
+        f"1-minute load average {load:.2f} on {os.cpu_count()} cores"
+        + (
+            "  <-- machine is loaded: absolute times are inflated; ratios are measured in the same run"
+            if load > 0.5
+            else ""
+        )
+    )
+    header = (
+        f"{'n':>4} {'ours ms/mat':>12} {'ref ms/mat':>11} {'floor ms/mat':>13} {'ours 64-draw ms':>16} "
+        f"{'speedup vs ref':>15} {'ours/floor':>11} {'max|ours-ref|':>14} {'faults/call':>12}"
+    )
     print(header)
     draws = args.draws
     for n in args.sizes:
         phases = clements_decompose(haar(n, seed=n))
         gen = torch.Generator().manual_seed(0)
         faults = page_faults()
-        ours = median_ms(lambda: mesh_matrix(phases, draws=draws, noise=TYPICAL, generator=gen, device=device),
-                         args.repeats, sync)
+        ours = median_ms(
+            lambda: mesh_matrix(phases, draws=draws, noise=TYPICAL, generator=gen, device=device), args.repeats, sync
+        )
         faults = (page_faults() - faults) / (args.repeats + 1)
         k_total = phases.n_mzi
 
@@ -223,10 +242,18 @@ def main() -> None:
         # same chips, no per-draw phase noise: the two implementations must agree
         chip = sample_chip(n, TYPICAL, torch.Generator().manual_seed(1), draws=4)
         det = MeshNoise(**{**TYPICAL.__dict__, "phase_std": 0.0})
-        err = float((mesh_matrix(phases, draws=4, noise=det, chip=chip, device=device)
-                     - reference_mesh(phases, det, chip, None, device)).abs().max())
-        print(f"{n:>4} {ours / draws:>12.4f} {ref / draws:>11.4f} {floor / draws:>13.5f} {ours:>16.2f} "
-              f"{ref / ours:>14.1f}x {ours / floor:>10.1f}x {err:>14.1e} {faults:>12.0f}")
+        err = float(
+            (
+                mesh_matrix(phases, draws=4, noise=det, chip=chip, device=device)
+                - reference_mesh(phases, det, chip, None, device)
+            )
+            .abs()
+            .max()
+        )
+        print(
+            f"{n:>4} {ours / draws:>12.4f} {ref / draws:>11.4f} {floor / draws:>13.5f} {ours:>16.2f} "
+            f"{ref / ours:>14.1f}x {ours / floor:>10.1f}x {err:>14.1e} {faults:>12.0f}"
+        )
     u = haar(64, seed=64)
     dec = median_ms(lambda: clements_decompose(u), 5, lambda: None)
     print(f"clements_decompose n=64: {dec:.1f} ms (median of 5)")

@@ -74,13 +74,19 @@ def main() -> None:
     data = load_dataset("digits")
     backend = load_backend(args.backend)
     images = len(data.y_val)
-    print(f"{args.backend}, {args.draws} draws, digits validation ({images} images), {args.threads} thread(s); "
-          f"1-minute load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; allocator keeps freed memory: {tuned}")
-    print(f"each repeat trains, realises, scores and times one normal back to back; ratios are medians of the "
-          f"per-repeat ratios (their range in brackets), times medians of {args.repeats} (process CPU s; trainer's "
-          f"wall s in brackets)")
-    print(f"{'network':<12}{'train s':>9}{'(wall)':>8}{'realize s':>11}{'score s':>9}{'MC / train':>12}{'(range)':>13}"
-          f"{'normals':>10}{'ns/normal':>11}{'RNG floor s':>13}{'floor/train':>13}{'clean':>8}{'noisy':>8}")
+    print(
+        f"{args.backend}, {args.draws} draws, digits validation ({images} images), {args.threads} thread(s); "
+        f"1-minute load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; allocator keeps freed memory: {tuned}"
+    )
+    print(
+        f"each repeat trains, realises, scores and times one normal back to back; ratios are medians of the "
+        f"per-repeat ratios (their range in brackets), times medians of {args.repeats} (process CPU s; trainer's "
+        f"wall s in brackets)"
+    )
+    print(
+        f"{'network':<12}{'train s':>9}{'(wall)':>8}{'realize s':>11}{'score s':>9}{'MC / train':>12}{'(range)':>13}"
+        f"{'normals':>10}{'ns/normal':>11}{'RNG floor s':>13}{'floor/train':>13}{'clean':>8}{'noisy':>8}"
+    )
     for name in EXAMPLES:
         arch = load_architecture(f"examples/{name}.json")
         summary = analyze(arch, data.input_shape, data.num_classes)
@@ -91,21 +97,31 @@ def main() -> None:
             model = build(arch, data.input_shape, data.num_classes, seed=0)  # process, as in a search's workers)
             trained, train_s = cpu_seconds(lambda: train(model, data, TrainConfig(epochs=20, seed=0)))  # noqa: B023
             model.eval()
-            realized, realize_s = cpu_seconds(lambda: backend.realize(model, args.draws, torch.Generator().manual_seed(repeat)))  # noqa: B023
+            realized, realize_s = cpu_seconds(
+                lambda: backend.realize(model, args.draws, torch.Generator().manual_seed(repeat))
+            )  # noqa: B023
             per_draw, score_s = cpu_seconds(lambda: noisy_accuracy(realized, data.x_val, data.y_val))  # noqa: B023
             ns = normal_ns()
             if repeat < 0:
                 continue
-            for key, value in (("train", train_s), ("wall", trained.train_seconds), ("realize", realize_s),
-                               ("score", score_s), ("ns", ns), ("mc", (realize_s + score_s) / train_s),
-                               ("floor", normals * ns * 1e-9 / train_s)):
+            for key, value in (
+                ("train", train_s),
+                ("wall", trained.train_seconds),
+                ("realize", realize_s),
+                ("score", score_s),
+                ("ns", ns),
+                ("mc", (realize_s + score_s) / train_s),
+                ("floor", normals * ns * 1e-9 / train_s),
+            ):
                 rows[key].append(value)
         med = {key: statistics.median(values) for key, values in rows.items()}
         spread = f"({min(rows['mc']):.2f}-{max(rows['mc']):.2f})"  # the per-repeat ratios: this VM's speed varies
-        print(f"{name:<12}{med['train']:>9.3f}{med['wall']:>8.3f}{med['realize']:>11.3f}{med['score']:>9.3f}"
-              f"{med['mc']:>11.2f}x{spread:>13}"
-              f"{normals / 1e6:>9.1f}M{med['ns']:>11.2f}{normals * med['ns'] * 1e-9:>13.3f}"
-              f"{med['floor']:>12.2f}x{trained.accuracy:>8.3f}{float(per_draw.mean()):>8.3f}")
+        print(
+            f"{name:<12}{med['train']:>9.3f}{med['wall']:>8.3f}{med['realize']:>11.3f}{med['score']:>9.3f}"
+            f"{med['mc']:>11.2f}x{spread:>13}"
+            f"{normals / 1e6:>9.1f}M{med['ns']:>11.2f}{normals * med['ns'] * 1e-9:>13.3f}"
+            f"{med['floor']:>12.2f}x{trained.accuracy:>8.3f}{float(per_draw.mean()):>8.3f}"
+        )
     print(f"torch's CPU normal_: {torch_normal_ns():.2f} ns per sample (the stream above: {normal_ns():.2f} ns)")
     print(f"1-minute load after: {os.getloadavg()[0]:.2f}")
 

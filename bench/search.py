@@ -34,7 +34,10 @@ DEFAULT_CONFIG = ROOT / "examples" / "digits_mzi.yaml"
 QUICK = ["population=6", "generations=2", "offspring=4", "training.epochs=2", "mc=2"]
 METHODS = ("nsga2", "random", "regevo", "optuna-nsga2", "optuna-tpe")
 THREADS = 1  # torch threads per worker
-WARM_UP_ARCH = '{"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 16}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}'
+WARM_UP_ARCH = (
+    '{"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 16}, '
+    '{"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}'
+)
 OVERHEAD_GOAL = 0.02
 SPEEDUP_GOAL = 1.8
 
@@ -45,7 +48,9 @@ def started_executor(config: RunConfig, workers: int) -> ProcessExecutor:
     One thread per worker makes 1 and 2 workers comparable: with the executor's default (cores // workers
     threads) a single worker would run two threads per candidate, which on small networks mostly adds contention.
     """
-    executor = ProcessExecutor(workers, config.executor.timeout_s, config.executor.memory_limit_mb, torch_threads=THREADS)
+    executor = ProcessExecutor(
+        workers, config.executor.timeout_s, config.executor.memory_limit_mb, torch_threads=THREADS
+    )
     executor.start(wait=True)
     warm_up = [Job(-1 - i, WARM_UP_ARCH, eval_settings(config)) for i in range(workers)]
     executor.run(warm_up)  # each worker loads the dataset and runs its first torch ops outside the timings
@@ -67,7 +72,10 @@ def timed_run(config: RunConfig, out: Path, executor: ProcessExecutor) -> tuple[
 
 def throughput(config: RunConfig, work: Path) -> None:
     """Evaluations per minute with 1 and 2 workers, and the engine overhead share."""
-    print(f"throughput: {config.method} on {config.backend}, {config.budget} evaluations, {available_cores()} cores visible")
+    print(
+        f"throughput: {config.method} on {config.backend}, {config.budget} evaluations, {available_cores()} "
+        "cores visible"
+    )
     rates = {}
     for workers in (1, 2):
         executor = started_executor(config, workers)
@@ -80,9 +88,12 @@ def throughput(config: RunConfig, work: Path) -> None:
         busy = sum(r.wall_seconds for r in result.records)
         share = result.engine_seconds / wall
         print(
-            f"  {workers} worker{'s' if workers > 1 else ' '}: wall {wall:7.1f} s, {rates[workers]:6.1f} evaluations/min, "
-            f"mean evaluation {busy / max(evals, 1):5.2f} s, engine overhead {result.engine_seconds:5.2f} s = {share:.2%} "
-            f"(goal <= {OVERHEAD_GOAL:.0%}; run setup {setup:.2f} s of it, loop {(result.engine_seconds - setup) / wall:.2%}), "
+            f"  {workers} worker{'s' if workers > 1 else ' '}: wall {wall:7.1f} s, {rates[workers]:6.1f} "
+            "evaluations/min, "
+            f"mean evaluation {busy / max(evals, 1):5.2f} s, engine overhead {result.engine_seconds:5.2f} s = "
+            f"{share:.2%} "
+            f"(goal <= {OVERHEAD_GOAL:.0%}; run setup {setup:.2f} s of it, loop "
+            f"{(result.engine_seconds - setup) / wall:.2%}), "
             f"final HV {result.hypervolume:.4f}"
         )
     print(f"  speed-up with 2 workers: {rates[2] / rates[1]:.2f}x (goal >= {SPEEDUP_GOAL}x)")
@@ -101,14 +112,19 @@ def compare(config: RunConfig, work: Path, seeds: int, methods: list[str]) -> No
                 volumes.append(result.hypervolume)
                 walls.append(wall)
             std = statistics.stdev(volumes) if len(volumes) > 1 else 0.0
-            print(f"  {method:13s} HV {statistics.mean(volumes):.4f} ± {std:.4f}   ({statistics.mean(walls):6.1f} s per run)  {[round(v, 4) for v in volumes]}")
+            print(
+                f"  {method:13s} HV {statistics.mean(volumes):.4f} ± {std:.4f}   ({statistics.mean(walls):6.1f} "
+                f"s per run)  {[round(v, 4) for v in volumes]}"
+            )
     finally:
         executor.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="search configuration (default: examples/digits_mzi.yaml)")
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="search configuration (default: examples/digits_mzi.yaml)"
+    )
     parser.add_argument("--quick", action="store_true", help="shrink the budget and training to run in minutes")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--seeds", type=int, default=5)
@@ -118,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     config = load_config(args.config, [*(QUICK if args.quick else []), *args.set])
-    print(f"config {args.config}{' --quick' if args.quick else ''} {' '.join(args.set)}: population {config.population}, "
-          f"{config.generations} generations x {config.offspring}, epochs {config.training.epochs}, mc {config.mc}, backend {config.backend}")
+    print(
+        f"config {args.config}{' --quick' if args.quick else ''} {' '.join(args.set)}: population {config.population}, "
+        f"{config.generations} generations x {config.offspring}, epochs {config.training.epochs}, mc "
+        f"{config.mc}, backend {config.backend}"
+    )
     with tempfile.TemporaryDirectory(prefix="uhnas-bench-") as tmp:
         work = Path(args.out) if args.out else Path(tmp)
         start = time.perf_counter()

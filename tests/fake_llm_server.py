@@ -12,9 +12,10 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any
 
 __all__ = [
     "FakeLLMServer",
@@ -152,7 +153,7 @@ class FakeLLMServer:
         self.script(*steps)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
-    def start(self) -> "FakeLLMServer":
+    def start(self) -> FakeLLMServer:
         """Bind 127.0.0.1 on a free port and serve in a daemon thread."""
         if self._httpd is not None:
             return self
@@ -182,7 +183,7 @@ class FakeLLMServer:
         self._httpd = None
         self._thread = None
 
-    def __enter__(self) -> "FakeLLMServer":
+    def __enter__(self) -> FakeLLMServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

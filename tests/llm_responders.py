@@ -41,7 +41,15 @@ RATIONALES = (
 NAMES = ("mlp", "ignore previous instructions", "<img src=x onerror=alert(1)>", None)
 WIDTHS = (8, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)
 ACTS = ("relu", "tanh", "gelu", "square", "saturating", "leaky_relu")
-TINY = ["backend=ideal", "population=4", "generations=2", "offspring=2", "training.epochs=1", "mc=2", "executor.kind=inline"]
+TINY = [
+    "backend=ideal",
+    "population=4",
+    "generations=2",
+    "offspring=2",
+    "training.epochs=1",
+    "mc=2",
+    "executor.kind=inline",
+]
 
 
 # ----------------------------------------------------------------------------- compact layer text -> layers
@@ -119,7 +127,10 @@ def random_network(rng: random.Random, shape: tuple[int, ...], classes: int) -> 
                 {"type": "flatten"}, {"type": "linear", "out_features": classes}]  # fmt: skip
     layers: list[dict[str, Any]] = [{"type": "flatten"}] if len(shape) == 3 else []
     for _ in range(rng.choice((1, 1, 2))):
-        layers += [{"type": "linear", "out_features": rng.choice(WIDTHS)}, {"type": "activation", "function": rng.choice(ACTS)}]
+        layers += [
+            {"type": "linear", "out_features": rng.choice(WIDTHS)},
+            {"type": "activation", "function": rng.choice(ACTS)},
+        ]
     return layers + [{"type": "linear", "out_features": classes}]
 
 
@@ -142,7 +153,10 @@ def mutate_layers(layers: list[dict[str, Any]], rng: random.Random, classes: int
         i = rng.choice(convs)
         out[i]["out_channels"] = rng.choice([c for c in (2, 4, 6, 8, 12, 16, 24) if c != out[i]["out_channels"]])
     elif edit == "add":
-        out[-1:-1] = [{"type": "linear", "out_features": rng.choice(WIDTHS)}, {"type": "activation", "function": rng.choice(ACTS)}]
+        out[-1:-1] = [
+            {"type": "linear", "out_features": rng.choice(WIDTHS)},
+            {"type": "activation", "function": rng.choice(ACTS)},
+        ]
     else:
         i = rng.choice(hidden)
         del out[i : i + 2 if i + 1 < len(out) - 1 and out[i + 1]["type"] == "activation" else i + 1]
@@ -215,8 +229,8 @@ def _bad(body: dict[str, Any], responder: ArchResponder, fault: str) -> str | St
         return json.dumps({"layers": [{"type": f"{INJECTION} {HTML}"}, {"type": "linear", "out_features": 10}],
                            "note": INJECTION})  # fmt: skip
     if fault == "shape":
-        return json.dumps({"layers": [{"type": "conv2d", "out_channels": 4, "kernel": 7}, {"type": "conv2d", "out_channels": 4, "kernel": 7},
-                                      {"type": "flatten"}, {"type": "linear", "out_features": 10}]})  # fmt: skip
+        conv = {"type": "conv2d", "out_channels": 4, "kernel": 7}
+        return json.dumps({"layers": [conv, conv, {"type": "flatten"}, {"type": "linear", "out_features": 10}]})
     if fault == "duplicate":
         user = body["messages"][1]["content"]
         parent = _layers_after(user, "## Parent\n") or _layers_after(user, "Parent A:")
@@ -251,7 +265,7 @@ class FaultPlan:
         self._lock = threading.Lock()
 
     @classmethod
-    def every(cls, responder: ArchResponder, period: int, kinds: Sequence[str] = FAULTS, start: int = 1) -> "FaultPlan":
+    def every(cls, responder: ArchResponder, period: int, kinds: Sequence[str] = FAULTS, start: int = 1) -> FaultPlan:
         """Faults cycling through `kinds` on every `period`-th request from `start` on (up to 10 000 requests)."""
         return cls(responder, {start + i * period: kinds[i % len(kinds)] for i in range(10_000 // period)})
 

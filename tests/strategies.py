@@ -17,7 +17,16 @@ def architectures(draw: st.DrawFn, input_shape: tuple[int, int, int] = (1, 8, 8)
         padding = draw(st.integers(0, min(2, kernel)))
         stride = draw(st.integers(1, 2))
         out_channels = draw(st.integers(1, 12))
-        layers.append({"type": "conv2d", "out_channels": out_channels, "kernel": kernel, "stride": stride, "padding": padding, "bias": draw(st.booleans())})
+        layers.append(
+            {
+                "type": "conv2d",
+                "out_channels": out_channels,
+                "kernel": kernel,
+                "stride": stride,
+                "padding": padding,
+                "bias": draw(st.booleans()),
+            }
+        )
         height = (height + 2 * padding - kernel) // stride + 1
         width = (width + 2 * padding - kernel) // stride + 1
         if draw(st.booleans()):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from uhnas.allocator import keep_freed_memory, page_faults
+from uhnas.allocator import keep_freed_memory
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 

@@ -28,7 +28,14 @@ from uhnas.arch import (
 
 DIGITS = ((1, 8, 8), 10)
 MNIST = ((1, 28, 28), 10)
-MLP = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}
+MLP = {
+    "layers": [
+        {"type": "flatten"},
+        {"type": "linear", "out_features": 32},
+        {"type": "activation", "function": "relu"},
+        {"type": "linear", "out_features": 10},
+    ]
+}
 
 
 def _error(data: dict, shape=DIGITS) -> str:
@@ -62,11 +69,44 @@ def test_cnn_counts_by_hand():
     ("data", "fragment"),
     [
         ({"layers": [{"type": "linear", "out_features": 10}]}, "layer 0 (linear): input is 1x8x8 (not flat)"),
-        ({"layers": [{"type": "flatten"}, {"type": "conv2d", "out_channels": 4, "kernel": 3}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]}, "layer 1 (conv2d): input is flat"),
-        ({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 12}]}, "output shape is 12 but the dataset has 10 classes"),
-        ({"layers": [{"type": "conv2d", "out_channels": 4, "kernel": 7, "stride": 3}, {"type": "maxpool", "kernel": 4}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]}, "layer 1 (maxpool): kernel 4 is larger than the input 1x1"),
-        ({"layers": [{"type": "flatten"}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]}, "layer 1 (flatten): input is already flat"),
-        ({"layers": [{"type": "flatten"}] + [{"type": "linear", "out_features": 2048}] * 3 + [{"type": "linear", "out_features": 10}]}, "parameters exceed the limit"),
+        (
+            {
+                "layers": [
+                    {"type": "flatten"},
+                    {"type": "conv2d", "out_channels": 4, "kernel": 3},
+                    {"type": "flatten"},
+                    {"type": "linear", "out_features": 10},
+                ]
+            },
+            "layer 1 (conv2d): input is flat",
+        ),
+        (
+            {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 12}]},
+            "output shape is 12 but the dataset has 10 classes",
+        ),
+        (
+            {
+                "layers": [
+                    {"type": "conv2d", "out_channels": 4, "kernel": 7, "stride": 3},
+                    {"type": "maxpool", "kernel": 4},
+                    {"type": "flatten"},
+                    {"type": "linear", "out_features": 10},
+                ]
+            },
+            "layer 1 (maxpool): kernel 4 is larger than the input 1x1",
+        ),
+        (
+            {"layers": [{"type": "flatten"}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]},
+            "layer 1 (flatten): input is already flat",
+        ),
+        (
+            {
+                "layers": [{"type": "flatten"}]
+                + [{"type": "linear", "out_features": 2048}] * 3
+                + [{"type": "linear", "out_features": 10}]
+            },
+            "parameters exceed the limit",
+        ),
     ],
 )
 def test_impossible_architectures_are_named(data, fragment):
@@ -76,14 +116,20 @@ def test_impossible_architectures_are_named(data, fragment):
 @pytest.mark.parametrize(
     ("data", "fragment"),
     [
-        ({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 0}]}, "layer 1 (linear): out_features: Input should be greater than or equal to 1"),
+        (
+            {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 0}]},
+            "layer 1 (linear): out_features: Input should be greater than or equal to 1",
+        ),
         ({"layers": [{"type": "flatten"}, {"type": "dense", "units": 3}]}, "layer 1 (dense): unknown layer type"),
         ({"layers": [{"type": "flatten", "size": 3}]}, "layer 0 (flatten): size: unknown field"),
         ({"layers": [{"type": "activation", "function": "swish"}]}, "layer 0 (activation): function"),
         ({"layers": [{"out_features": 3}]}, "layer 0 (missing type): missing 'type'"),
         ({"layers": []}, "layers: List should have at least 1 item"),
         ({"layers": [{"type": "flatten"}], "author": "x"}, "author: unknown field"),
-        ({"layers": [{"type": "conv2d", "out_channels": 4, "kernel": 9}]}, "layer 0 (conv2d): kernel: Input should be less than or equal to 7"),
+        (
+            {"layers": [{"type": "conv2d", "out_channels": 4, "kernel": 9}]},
+            "layer 0 (conv2d): kernel: Input should be less than or equal to 7",
+        ),
     ],
 )
 def test_malformed_fields_are_named(data, fragment):
@@ -144,6 +190,7 @@ def test_seam_gives_each_draw_its_own_device():
         def run(rows):
             scale = torch.arange(1, rows.shape[0] + 1, dtype=rows.dtype).view(-1, 1, 1)
             return (rows @ layer.matrix().T) * scale + layer.bias
+
         return run
 
     x = torch.randn(2, *DIGITS[0])
@@ -161,7 +208,10 @@ def test_build_is_deterministic_for_a_seed():
 
 
 def test_hash_ignores_formatting_defaults_names_and_rationale():
-    terse = '{"layers":[{"type":"flatten"},{"type":"linear","out_features":32},{"type":"activation","function":"relu"},{"type":"linear","out_features":10}]}'
+    terse = (
+        '{"layers":[{"type":"flatten"},{"type":"linear","out_features":32},'
+        '{"type":"activation","function":"relu"},{"type":"linear","out_features":10}]}'
+    )
     verbose = json.dumps(
         {
             "rationale": "why not",
@@ -176,8 +226,16 @@ def test_hash_ignores_formatting_defaults_names_and_rationale():
         indent=4,
     )
     assert arch_hash(parse_architecture_json(terse)) == arch_hash(parse_architecture_json(verbose))
-    pool_default = {"layers": [{"type": "maxpool", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]}
-    pool_explicit = {"layers": [{"type": "maxpool", "kernel": 2, "stride": 2}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]}
+    pool_default = {
+        "layers": [{"type": "maxpool", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]
+    }
+    pool_explicit = {
+        "layers": [
+            {"type": "maxpool", "kernel": 2, "stride": 2},
+            {"type": "flatten"},
+            {"type": "linear", "out_features": 10},
+        ]
+    }
     assert arch_hash(parse_architecture(pool_default)) == arch_hash(parse_architecture(pool_explicit))
     changed = json.loads(terse)
     changed["layers"][1]["bias"] = False
@@ -245,10 +303,17 @@ def test_max_pool_without_autograd_equals_torch_max_pool(kernel: int, stride: in
 
 def _two_convs() -> tuple[Network, torch.Tensor]:
     """A padded conv, a strided conv and a linear layer on 2x7x7 inputs, and a batch of 5 inputs."""
-    arch = parse_architecture({"layers": [
-        {"type": "conv2d", "out_channels": 3, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
-        {"type": "conv2d", "out_channels": 2, "kernel": 3, "stride": 2}, {"type": "flatten"},
-        {"type": "linear", "out_features": 4}]})
+    arch = parse_architecture(
+        {
+            "layers": [
+                {"type": "conv2d", "out_channels": 3, "kernel": 3, "padding": 1},
+                {"type": "activation", "function": "relu"},
+                {"type": "conv2d", "out_channels": 2, "kernel": 3, "stride": 2},
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 4},
+            ]
+        }
+    )
     return build(arch, (2, 7, 7), 4, seed=0).eval(), torch.randn(5, 2, 7, 7, generator=torch.Generator().manual_seed(1))
 
 
@@ -262,6 +327,7 @@ def test_conv_rows_reach_programs_shared_across_draws_and_strided() -> None:
         def run(rows: torch.Tensor) -> torch.Tensor:
             seen.append(rows)
             return rows @ layer.matrix().T + (0 if layer.bias is None else layer.bias)
+
         return run
 
     with torch.no_grad():
@@ -289,6 +355,7 @@ def test_conv_windows_reach_programs_that_take_them_without_an_unfolded_copy() -
             draws, images, h, w = rows.shape[:4]
             out = rows.reshape(draws, images, h, w, -1) @ layer.matrix().T + layer.bias
             return out.permute(0, 1, 4, 2, 3)
+
         run.takes_windows = True
         return run
 

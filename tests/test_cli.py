@@ -35,22 +35,58 @@ def test_arch_check_table_and_json():
 
 
 def test_evaluate_json_has_the_promised_keys():
-    result = invoke("evaluate", "examples/mlp_digits.json", "--epochs", "3", "--mc", "2", "--backend", "gpu-b200-fp16", "--json")
+    result = invoke(
+        "evaluate", "examples/mlp_digits.json", "--epochs", "3", "--mc", "2", "--backend", "gpu-b200-fp16", "--json"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    for key in ("arch_hash", "params", "macs", "accuracy", "test_accuracy", "train_seconds", "backend", "noisy_accuracy", "energy_nj", "energy_breakdown_nj", "violations", "feasible"):
+    for key in (
+        "arch_hash",
+        "params",
+        "macs",
+        "accuracy",
+        "test_accuracy",
+        "train_seconds",
+        "backend",
+        "noisy_accuracy",
+        "energy_nj",
+        "energy_breakdown_nj",
+        "violations",
+        "feasible",
+    ):
         assert key in data
     assert 0.0 <= data["accuracy"] <= 1.0
     assert data["energy_nj"] == pytest.approx(sum(data["energy_breakdown_nj"].values()))
 
 
-BAD_VALUES = [  # (backend, override, the one line it must print): out of range, a quantiser with no levels, inf/NaN, overflow
-    ("mzi-realistic", "loss_db_per_mzi=1000", "error: backend 'mzi-realistic': loss_db_per_mzi: Input should be less than or equal to 10"),
-    ("mzi-realistic", "adc_bits=1", "error: backend 'mzi-realistic': adc_bits: Input should be greater than or equal to 2"),
-    ("mzi-realistic", "dac_bits=1", "error: backend 'mzi-realistic': dac_bits: Input should be greater than or equal to 2"),
-    ("mzi-realistic", "phase_noise_std=inf", "error: backend 'mzi-realistic': phase_noise_std: Input should be a finite number"),
+# (backend, override, the one line it must print): out of range, a quantiser with no levels, inf/NaN, overflow
+BAD_VALUES = [
+    (
+        "mzi-realistic",
+        "loss_db_per_mzi=1000",
+        "error: backend 'mzi-realistic': loss_db_per_mzi: Input should be less than or equal to 10",
+    ),
+    (
+        "mzi-realistic",
+        "adc_bits=1",
+        "error: backend 'mzi-realistic': adc_bits: Input should be greater than or equal to 2",
+    ),
+    (
+        "mzi-realistic",
+        "dac_bits=1",
+        "error: backend 'mzi-realistic': dac_bits: Input should be greater than or equal to 2",
+    ),
+    (
+        "mzi-realistic",
+        "phase_noise_std=inf",
+        "error: backend 'mzi-realistic': phase_noise_std: Input should be a finite number",
+    ),
     ("mzi-realistic", "phase_shifter_p_pi_mw=1e308", "error: energy component 'phase_holding' is inf nJ"),
-    ("gpu-b200-fp16", "energy_per_mac_pj=nan", "error: backend 'gpu-b200-fp16': energy_per_mac_pj: Input should be a finite number"),
+    (
+        "gpu-b200-fp16",
+        "energy_per_mac_pj=nan",
+        "error: backend 'gpu-b200-fp16': energy_per_mac_pj: Input should be a finite number",
+    ),
 ]
 
 
@@ -66,7 +102,10 @@ BAD_VALUES = [  # (backend, override, the one line it must print): out of range,
         (("evaluate", "examples/mlp_digits.json", "--epochs", "abc"), "Invalid value for '--epochs'"),
         (("evaluate", "examples/mlp_digits.json", "--epochs", "0"), "Invalid value for '--epochs'"),
         (("arch", "check", "{bad}", "--dataset", "mnist"), "layer 0 (linear): input is 1x28x28"),
-        *((("evaluate", "examples/mlp_digits.json", "--backend", backend, "--set", override), message) for backend, override, message in BAD_VALUES),
+        *(
+            (("evaluate", "examples/mlp_digits.json", "--backend", backend, "--set", override), message)
+            for backend, override, message in BAD_VALUES
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -99,5 +138,10 @@ def test_broken_plugin_reason_is_shown_verbatim(monkeypatch):
 
 
 def test_entry_point_runs_as_a_program():
-    result = subprocess.run([sys.executable, "-m", "uhnas", "arch", "check", "examples/mlp_digits.json", "--json"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "uhnas", "arch", "check", "examples/mlp_digits.json", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and json.loads(result.stdout)["params"] == 4810

@@ -11,7 +11,22 @@ from typer.testing import CliRunner
 from uhnas.cli import app
 
 runner = CliRunner()
-TINY = ["--backend", "gpu-b200-fp16", "--population", "4", "--generations", "1", "--offspring", "2", "--epochs", "1", "--mc", "2", "--executor", "inline"]
+TINY = [
+    "--backend",
+    "gpu-b200-fp16",
+    "--population",
+    "4",
+    "--generations",
+    "1",
+    "--offspring",
+    "2",
+    "--epochs",
+    "1",
+    "--mc",
+    "2",
+    "--executor",
+    "inline",
+]
 
 
 def invoke(*args: str):
@@ -37,7 +52,12 @@ def test_pareto_lists_non_dominated_feasible_members(run_dir: Path):
     rows = json.loads(invoke("pareto", run_dir, "--json").stdout)
     assert rows and all(row["hash"] and row["energy_nj"] > 0 for row in rows)
     for a in rows:
-        assert not any(b["error"] <= a["error"] and b["energy_nj"] <= a["energy_nj"] and (b["error"], b["energy_nj"]) != (a["error"], a["energy_nj"]) for b in rows)
+        assert not any(
+            b["error"] <= a["error"]
+            and b["energy_nj"] <= a["energy_nj"]
+            and (b["error"], b["energy_nj"]) != (a["error"], a["energy_nj"])
+            for b in rows
+        )
     table = invoke("pareto", run_dir)
     assert table.exit_code == 0 and "Pareto front" in table.stdout
 
@@ -93,20 +113,50 @@ def test_llm_search_through_the_cli_then_its_replay_with_the_server_gone(tmp_pat
     """The issue's headline: `uhnas search --method uhnas --llm openai --model M --base-url URL`, then replay."""
     from fake_llm_server import FakeLLMServer, closed_port_url, http_error
     from llm_responders import ArchResponder
-
     from uhnas.llm.cache import CallLog
     from uhnas.store import RunStore
 
     tiny = [*TINY, "--backend", "ideal"]
     with FakeLLMServer(responder=ArchResponder()) as server:
         server.script(http_error(500), "this is not JSON", http_error(429, headers={"Retry-After": "0"}))
-        live = invoke("search", "--out", tmp_path / "live", "--method", "uhnas", "--llm", "openai", "--model", "fake-model", "--base-url", server.base_url, *tiny, "--json")
+        live = invoke(
+            "search",
+            "--out",
+            tmp_path / "live",
+            "--method",
+            "uhnas",
+            "--llm",
+            "openai",
+            "--model",
+            "fake-model",
+            "--base-url",
+            server.base_url,
+            *tiny,
+            "--json",
+        )
         assert live.exit_code == 0, live.output
-    replay = invoke("search", "--out", tmp_path / "replay", "--method", "uhnas", "--llm", f"replay:{tmp_path / 'live'}", "--model", "fake-model", "--base-url", closed_port_url(), *tiny, "--json")
+    replay = invoke(
+        "search",
+        "--out",
+        tmp_path / "replay",
+        "--method",
+        "uhnas",
+        "--llm",
+        f"replay:{tmp_path / 'live'}",
+        "--model",
+        "fake-model",
+        "--base-url",
+        closed_port_url(),
+        *tiny,
+        "--json",
+    )
     assert replay.exit_code == 0, replay.output
 
     def trials(out: Path) -> list[tuple]:
-        return sorted((r.generation, r.slot, r.hash, r.operator, r.error, r.energy_nj, r.state) for r in RunStore.open(out).records())
+        return sorted(
+            (r.generation, r.slot, r.hash, r.operator, r.error, r.energy_nj, r.state)
+            for r in RunStore.open(out).records()
+        )
 
     assert len(trials(tmp_path / "live")) == 6 and trials(tmp_path / "live") == trials(tmp_path / "replay")
     verdicts = [call.get("meta", {}).get("outcome") for call in CallLog(tmp_path / "live" / "llm.db").calls()]

@@ -70,7 +70,16 @@ def test_unreadable_yaml_and_missing_file(tmp_path: Path) -> None:
 
 def test_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "population: 10\ntraining:\n  epochs: 5\n")
-    config = load_config(path, ["population=6", "training.lr=0.01", "executor.kind=inline", "backend_overrides=[a=1]", "executor.workers=null"])
+    config = load_config(
+        path,
+        [
+            "population=6",
+            "training.lr=0.01",
+            "executor.kind=inline",
+            "backend_overrides=[a=1]",
+            "executor.workers=null",
+        ],
+    )
     assert config.population == 6 and config.training.lr == 0.01 and config.training.epochs == 5
     assert config.executor.kind == "inline" and config.executor.workers is None
     assert config.backend_overrides == ["a=1"]

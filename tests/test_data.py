@@ -239,9 +239,7 @@ def test_missing_files_without_download_say_where(tmp_path: Path) -> None:
 def _gz_mirror(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, str]:
     """Write gzipped IDX files to serve from `directory`; return their MD5s keyed by file name."""
     write_idx_set(directory, arrays, gz=True)
-    return {
-        f"{base}.gz": hashlib.md5((directory / f"{base}.gz").read_bytes()).hexdigest() for base in IDX_FILES
-    }
+    return {f"{base}.gz": hashlib.md5((directory / f"{base}.gz").read_bytes()).hexdigest() for base in IDX_FILES}
 
 
 @pytest.fixture

@@ -9,7 +9,14 @@ from uhnas.arch import analyze, build, parse_architecture
 from uhnas.hardware.registry import BackendError, available_backends, load_backend, load_preset
 from uhnas.hardware.testing import assert_conforms
 
-MLP = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}
+MLP = {
+    "layers": [
+        {"type": "flatten"},
+        {"type": "linear", "out_features": 32},
+        {"type": "activation", "function": "relu"},
+        {"type": "linear", "out_features": 10},
+    ]
+}
 
 
 @pytest.mark.parametrize("name", ["ideal", "gpu-b200-fp16", "cpu-xeon8380-fp32"])
@@ -34,7 +41,10 @@ def test_gpu_energy_by_hand():
     assert report.total_nj == pytest.approx(sum(expected.values()), rel=1e-12)
     assert report.latency_ns == pytest.approx(macs / 1.125e15 * 1e9)
     with_dropout = {"layers": [*MLP["layers"][:3], {"type": "dropout", "p": 0.5}, MLP["layers"][3]]}
-    assert load_backend("gpu-b200-fp16").energy(analyze(parse_architecture(with_dropout), (1, 8, 8), 10)).breakdown_nj == report.breakdown_nj
+    assert (
+        load_backend("gpu-b200-fp16").energy(analyze(parse_architecture(with_dropout), (1, 8, 8), 10)).breakdown_nj
+        == report.breakdown_nj
+    )
 
 
 def test_cpu_costs_about_a_hundred_times_the_gpu_per_mac():
@@ -68,7 +78,11 @@ def test_int8_training_programs_pass_gradients_and_fp32_has_none():
 
 def test_overrides_and_errors(tmp_path):
     backend = load_backend("gpu-b200-fp16", ["energy_per_mac_pj=2.0"])
-    assert backend.describe().constants["energy_per_mac_pj"] == {"value": 2.0, "unit": "pJ/MAC", "source": "user override"}
+    assert backend.describe().constants["energy_per_mac_pj"] == {
+        "value": 2.0,
+        "unit": "pJ/MAC",
+        "source": "user override",
+    }
     with pytest.raises(BackendError, match="has no constant 'nope'; known: "):
         load_backend("gpu-b200-fp16", ["nope=1"])
     with pytest.raises(BackendError, match="not of the form key=value"):

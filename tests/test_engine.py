@@ -28,14 +28,22 @@ from uhnas.search.operators.random import RandomOperator
 from uhnas.seeding import numpy_rng
 from uhnas.store import TrialRecord, open_run
 
-TINY = ["backend=ideal", "population=4", "generations=2", "offspring=2", "training.epochs=1", "mc=2", "executor.kind=inline"]
+TINY = [
+    "backend=ideal",
+    "population=4",
+    "generations=2",
+    "offspring=2",
+    "training.epochs=1",
+    "mc=2",
+    "executor.kind=inline",
+]
 
 
 def tiny(*overrides: str) -> RunConfig:
     return load_config(None, [*TINY, *overrides])
 
 
-# ----------------------------------------------------------------------------- a fast, deterministic stand-in evaluation
+# ---------------------------------------------------------------------- a fast, deterministic stand-in evaluation
 
 
 @lru_cache(maxsize=8)
@@ -56,10 +64,20 @@ def synthetic_job(job: Job) -> JobResult:
     report = backend.energy(summary)
     violations = backend.check(summary)
     evaluation = Evaluation(
-        arch_hash=key, backend=backend.name, dataset=s.dataset, params=summary.params, macs=summary.macs,
-        accuracy=accuracy, test_accuracy=accuracy, noisy_accuracy=NoisyAccuracy(accuracy - 0.01, 0.005, accuracy - 0.02, s.mc),
-        energy_nj=report.total_nj, energy_breakdown_nj=dict(report.breakdown_nj), violations=[v.to_dict() for v in violations],
-        total_violation=total_violation(violations), epochs=s.epochs, seed=s.seed,
+        arch_hash=key,
+        backend=backend.name,
+        dataset=s.dataset,
+        params=summary.params,
+        macs=summary.macs,
+        accuracy=accuracy,
+        test_accuracy=accuracy,
+        noisy_accuracy=NoisyAccuracy(accuracy - 0.01, 0.005, accuracy - 0.02, s.mc),
+        energy_nj=report.total_nj,
+        energy_breakdown_nj=dict(report.breakdown_nj),
+        violations=[v.to_dict() for v in violations],
+        total_violation=total_violation(violations),
+        epochs=s.epochs,
+        seed=s.seed,
     )
     return JobResult(job.job_id, evaluation.to_dict(), False, None, 0.001)
 
@@ -89,7 +107,9 @@ def check_complete(out: Path, config: RunConfig) -> list[TrialRecord]:
     records = open_run(out).records()
     assert len(records) == config.budget
     slots = sorted((r.generation, r.slot) for r in records)
-    expected = [(0, s) for s in range(config.population)] + [(g, s) for g in range(1, config.generations + 1) for s in range(config.offspring)]
+    expected = [(0, s) for s in range(config.population)] + [
+        (g, s) for g in range(1, config.generations + 1) for s in range(config.offspring)
+    ]
     assert slots == expected
     hashes = [r.hash for r in records if r.hash is not None]
     assert len(hashes) == len(set(hashes))
@@ -127,7 +147,9 @@ def test_short_nsga2_run_with_real_evaluations(tmp_path: Path) -> None:
     assert study.metric_names == ["error", "energy_nj"]
     assert sorted(t.number for t in study.best_trials) == sorted(r.number for r in result.front)
     for trial in study.trials:
-        assert {"arch", "hash", "generation", "slot", "operator", "accuracy_clean", "evaluation"} <= set(trial.user_attrs)
+        assert {"arch", "hash", "generation", "slot", "operator", "accuracy_clean", "evaluation"} <= set(
+            trial.user_attrs
+        )
 
     kinds = [e.kind for e in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
@@ -248,7 +270,10 @@ def test_bad_method_or_backend_fails_before_creating_the_run(tmp_path: Path) -> 
     assert "nsga2" in method_names()
 
 
-@pytest.mark.parametrize(("backend", "dataset"), [("ideal", "digits"), ("gpu-b200-fp16", "digits"), ("mzi-realistic", "digits"), ("mzi-worst", "mnist")])
+@pytest.mark.parametrize(
+    ("backend", "dataset"),
+    [("ideal", "digits"), ("gpu-b200-fp16", "digits"), ("mzi-realistic", "digits"), ("mzi-worst", "mnist")],
+)
 def test_hv_reference_bounds_the_conventional_space(backend: str, dataset: str) -> None:
     hw = load_backend(backend)
     shape, classes = dataset_spec(dataset)
@@ -256,11 +281,29 @@ def test_hv_reference_bounds_the_conventional_space(backend: str, dataset: str) 
     assert ref["point"][0] == 1.0
     op = RandomOperator()
     base = OperatorContext(
-        generation=0, slot=0, attempt=0, rng=numpy_rng(0), seed=0, dataset=dataset, input_shape=shape, num_classes=classes,
-        backend=hw.describe(), objective="mean", population=(), front=(), recent=(), history=(), is_known=lambda h: False,
-        generations=1, offspring=1, population_size=2,
+        generation=0,
+        slot=0,
+        attempt=0,
+        rng=numpy_rng(0),
+        seed=0,
+        dataset=dataset,
+        input_shape=shape,
+        num_classes=classes,
+        backend=hw.describe(),
+        objective="mean",
+        population=(),
+        front=(),
+        recent=(),
+        history=(),
+        is_known=lambda h: False,
+        generations=1,
+        offspring=1,
+        population_size=2,
     )
-    energies = [hw.energy(analyze(op.initialize(base.with_attempt(0, i, numpy_rng(i), ())).arch, shape, classes)).total_nj for i in range(300)]
+    energies = [
+        hw.energy(analyze(op.initialize(base.with_attempt(0, i, numpy_rng(i), ())).arch, shape, classes)).total_nj
+        for i in range(300)
+    ]
     assert np.log10(max(energies)) < ref["point"][1]
     assert hv_reference(hw, shape, classes) == ref  # frozen: depends on backend and dataset only
 

@@ -14,14 +14,26 @@ from uhnas.train import TrainConfig
 
 
 def test_example_mlp_on_the_ideal_backend():
-    result = evaluate(load_architecture("examples/mlp_digits.json"), "digits", "ideal", train_config=TrainConfig(epochs=10), mc=4)
+    result = evaluate(
+        load_architecture("examples/mlp_digits.json"), "digits", "ideal", train_config=TrainConfig(epochs=10), mc=4
+    )
     assert not result.failed and result.feasible
     assert result.accuracy >= 0.93
     assert result.noisy_accuracy.mean == pytest.approx(result.accuracy)  # ideal: noise-free
     assert result.noisy_accuracy.std == 0.0
     assert result.energy_nj == pytest.approx(result.macs * 1.0 / 1000)  # 1 pJ per MAC, nothing else
     data = result.to_dict()
-    assert {"arch_hash", "params", "macs", "accuracy", "test_accuracy", "train_seconds", "noisy_accuracy", "energy_breakdown_nj", "feasible"} <= set(data)
+    assert {
+        "arch_hash",
+        "params",
+        "macs",
+        "accuracy",
+        "test_accuracy",
+        "train_seconds",
+        "noisy_accuracy",
+        "energy_breakdown_nj",
+        "feasible",
+    } <= set(data)
 
 
 def test_same_seed_same_result_other_seed_differs():
@@ -38,7 +50,13 @@ def test_impossible_architecture_is_a_failed_result_not_an_exception():
 
 
 def test_diverging_training_is_a_failed_result():
-    result = evaluate(load_architecture("examples/mlp_digits.json"), "digits", "ideal", train_config=TrainConfig(epochs=2, lr=1e30), mc=2)
+    result = evaluate(
+        load_architecture("examples/mlp_digits.json"),
+        "digits",
+        "ideal",
+        train_config=TrainConfig(epochs=2, lr=1e30),
+        mc=2,
+    )
     assert result.failed and "non-finite loss" in result.reason
 
 
@@ -51,7 +69,14 @@ def test_infeasible_candidates_can_skip_training():
 
 def test_quantisation_aware_training_runs():
     backend = load_backend("ideal", ["precision=int8"])
-    result = evaluate(load_architecture("examples/mlp_digits.json"), "digits", backend, train_config=TrainConfig(epochs=3), mc=2, noise_aware=True)
+    result = evaluate(
+        load_architecture("examples/mlp_digits.json"),
+        "digits",
+        backend,
+        train_config=TrainConfig(epochs=3),
+        mc=2,
+        noise_aware=True,
+    )
     assert not result.failed and result.noise_aware and result.accuracy > 0.8
 
 

@@ -56,7 +56,9 @@ def misbehaving_job(job: Job) -> JobResult:
         os.kill(os.getpid(), signal.SIGKILL)
     elif command == "!alloc-huge":
         bytearray(64 << 30)  # 64 GiB at once
-    elif command == "!alloc-gradual":  # slow enough for the resident-memory poll to catch it before the address-space cap
+    elif (
+        command == "!alloc-gradual"
+    ):  # slow enough for the resident-memory poll to catch it before the address-space cap
         hoard: list[mmap.mmap] = []  # fresh mappings: address space grows only as fast as resident memory, whatever
         while len(hoard) < 512:  # malloc's policy (uhnas.allocator); up to 8 GiB, 16 MiB at a time, each page touched
             block = mmap.mmap(-1, 16 << 20)
@@ -121,8 +123,10 @@ def test_make_executor_kinds_and_errors(monkeypatch):
 
 
 def test_failing_callback_stops_running_jobs_and_bad_setup_raises():
-    """An on_result that raises kills the jobs still running (and the executor stays usable); a worker that cannot start raises."""
-    with ProcessExecutor(workers=2, job_fn="time:sleep", preload=(), memory_limit_mb=0, start_method="spawn") as executor:
+    """An on_result that raises kills the running jobs (executor stays usable); a worker that cannot start raises."""
+    with ProcessExecutor(
+        workers=2, job_fn="time:sleep", preload=(), memory_limit_mb=0, start_method="spawn"
+    ) as executor:
         executor.start(wait=True)
         pids = executor.worker_pids()
 
@@ -136,7 +140,10 @@ def test_failing_callback_stops_running_jobs_and_bad_setup_raises():
         assert result.failed and result.reason == "job function returned NoneType, not JobResult"
         assert len(executor.worker_pids()) == 2
     with ProcessExecutor(workers=1, job_fn="time:sleep", preload=("no_such_module_for_uhnas",)) as broken:
-        with pytest.raises(RuntimeError, match="executor worker failed to start: ModuleNotFoundError: No module named 'no_such_module_for_uhnas'"):
+        with pytest.raises(
+            RuntimeError,
+            match="executor worker failed to start: ModuleNotFoundError: No module named 'no_such_module_for_uhnas'",
+        ):
             broken.run([0.0])
 
 
@@ -187,7 +194,9 @@ def test_ray_executor_local(inline_results, monkeypatch):
     jobs = [Job(i, command, SETTINGS) for i, command in enumerate(commands)]
     # one declared GPU shared by two jobs (num_gpus=0.5): scheduling only, the jobs run on the CPU
     init = {"num_gpus": 1, "object_store_memory": 100 << 20, "log_to_driver": False}  # 100 MB: enough for job results
-    with RayExecutor(None, num_cpus=1, num_gpus=0.5, timeout_s=8.0, job_fn=HELPER, local_cpus=2, init_kwargs=init) as executor:
+    with RayExecutor(
+        None, num_cpus=1, num_gpus=0.5, timeout_s=8.0, job_fn=HELPER, local_cpus=2, init_kwargs=init
+    ) as executor:
         assert executor.capacity() == 2
         with pytest.raises(RuntimeError, match="each job asks for 2 GPU, but the Ray cluster has 1"):
             RayExecutor(None, num_gpus=2).capacity()  # reuses the running instance
@@ -201,7 +210,7 @@ def test_ray_executor_local(inline_results, monkeypatch):
 
 
 def test_same_numbers_as_inline_in_job_order(inline_results, faulty):
-    """One worker (run_job, default limits) and two (misbehaving_job, tight limits) give the inline numbers, in job order."""
+    """One worker (run_job, default limits) and two (misbehaving_job, tight limits) give the inline numbers in order."""
     jobs = [Job(i, arch, SETTINGS) for i, arch in enumerate(ARCHS)]
     assert not any(r.failed for r in inline_results), [r.reason for r in inline_results]
     with ProcessExecutor(workers=1) as single:  # production defaults
@@ -246,7 +255,9 @@ def test_memory_limit_fails_the_job_and_the_executor_goes_on(inline_results):
     grows depends on the machine's page-fault cost, and with the short timeout of `faulty` it sometimes timed out.
     """
     jobs = [Job(20, "!alloc-huge", SETTINGS), Job(21, "!alloc-gradual", SETTINGS), Job(22, ARCHS[3], SETTINGS)]
-    with ProcessExecutor(workers=2, timeout_s=MEMORY_TEST_TIMEOUT_S, memory_limit_mb=LIMIT_MB, job_fn=HELPER) as executor:
+    with ProcessExecutor(
+        workers=2, timeout_s=MEMORY_TEST_TIMEOUT_S, memory_limit_mb=LIMIT_MB, job_fn=HELPER
+    ) as executor:
         huge, gradual, normal = executor.run(jobs)
     reason = f"exceeded memory limit of {LIMIT_MB} MB"
     assert huge.failed

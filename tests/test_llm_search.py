@@ -193,7 +193,7 @@ def test_budget_stops_the_run_and_resume_with_a_larger_budget_completes_it(tmp_p
     after = calls(tmp_path / "run")
     live = [c for c in after if c["source"] == "live"]
     assert len(live) == len(calls(tmp_path / "straight"))  # the interrupted calls were never paid twice
-    assert {c["source"] for c in after[len(first):][: len(first)]} == {"cache"}  # re-derived from the cache
+    assert {c["source"] for c in after[len(first) :][: len(first)]} == {"cache"}  # re-derived from the cache
 
 
 def test_persistent_server_errors_stop_the_run_with_completed_trials_stored(tmp_path: Path) -> None:
@@ -227,7 +227,9 @@ def test_without_llm_config_the_error_says_how_to_configure_one(tmp_path: Path) 
         assert isinstance(caught.value, ValueError) and isinstance(caught.value, LLMError)
 
 
-def test_unreachable_endpoint_or_unknown_model_fails_before_any_evaluation(tmp_path: Path, server: FakeLLMServer) -> None:
+def test_unreachable_endpoint_or_unknown_model_fails_before_any_evaluation(
+    tmp_path: Path, server: FakeLLMServer
+) -> None:
     with pytest.raises(LLMUnavailable, match="cannot reach LLM endpoint"):
         run(llm_run_config(closed_port_url()), tmp_path / "a")
     with pytest.raises(LLMUnavailable, match="model 'other' not served"):
@@ -265,7 +267,9 @@ def test_system_prompt_variants_differ_and_seeds_are_per_call(tmp_path: Path) ->
 
 def test_init_fallback_to_the_conventional_initializer_is_recorded(tmp_path: Path) -> None:
     with FakeLLMServer(responder=lambda body: "I would rather not design networks today.") as srv:
-        config = llm_run_config(srv.base_url, "generations=0", "llm.max_repairs=0", "llm.init_failures_before_fallback=2")
+        config = llm_run_config(
+            srv.base_url, "generations=0", "llm.max_repairs=0", "llm.init_failures_before_fallback=2"
+        )
         records = {r.slot: r for r in run(config, tmp_path / "run")}
         assert len(srv.chat_requests) == 2
     assert all(r.operator == FALLBACK_OPERATOR and not r.failed for r in records.values())
@@ -285,23 +289,35 @@ def test_validator_reports_schema_shape_constraint_and_duplicate_errors_exactly(
         recent=(), history=(), is_known=known.__contains__, generations=2, offspring=2, population_size=2,
     )  # fmt: skip
     limit = 2000
-    validator = ArchValidator(context, lambda s: [Violation("max_macs_demo", limit, s.macs, "MACs")] if s.macs > limit else [])
-    mlp = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 16}, {"type": "linear", "out_features": 10}]}
-    big = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 512}, {"type": "linear", "out_features": 10}]}
+    validator = ArchValidator(
+        context, lambda s: [Violation("max_macs_demo", limit, s.macs, "MACs")] if s.macs > limit else []
+    )
+    mlp = {
+        "layers": [{"type": "flatten"}, {"type": "linear", "out_features": 16}, {"type": "linear", "out_features": 10}]
+    }
+    big = {
+        "layers": [{"type": "flatten"}, {"type": "linear", "out_features": 512}, {"type": "linear", "out_features": 10}]
+    }
     assert validator.judge(mlp) == ("valid", [])
     verdict, errors = validator.judge(big)
-    assert verdict == "constraint" and errors[0].startswith("violates the hardware limit max_macs_demo: 37,888 MACs > limit 2,000 MACs")
+    assert verdict == "constraint" and errors[0].startswith(
+        "violates the hardware limit max_macs_demo: 37,888 MACs > limit 2,000 MACs"
+    )
     known.add(__import__("uhnas.arch", fromlist=["arch_hash"]).arch_hash(parse_architecture(mlp)))
     assert validator.judge(mlp) == ("duplicate", [DUPLICATE])
     verdict, errors = validator.judge({"layers": [{"type": "linear", "out_features": 10}]})
     assert verdict == "shape" and "insert a flatten layer" in errors[0] and "(input 1x8x8, 10 classes)" in errors[0]
     verdict, errors = validator.judge({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 0}]})
-    assert verdict == "schema" and errors == ["layer 1 (linear): out_features: Input should be greater than or equal to 1"]
-    verdict, errors = validator.judge({"layers": [{"type": "<b>x</b>"}, {"type": "linear", "out_features": 10, "act": 1}],
-                                       "why": 1})  # fmt: skip
+    assert verdict == "schema" and errors == [
+        "layer 1 (linear): out_features: Input should be greater than or equal to 1"
+    ]
+    layers = [{"type": "<b>x</b>"}, {"type": "linear", "out_features": 10, "act": 1}]
+    verdict, errors = validator.judge({"layers": layers, "why": 1})
     assert verdict == "schema"
     assert errors[0] == 'unknown key "why" at the top level (allowed: name, rationale, layers)'
-    assert errors[1].startswith('layer 0: unknown layer type "\\u003cb\\u003ex\\u003c/b\\u003e"; expected one of linear')
+    assert errors[1].startswith(
+        'layer 0: unknown layer type "\\u003cb\\u003ex\\u003c/b\\u003e"; expected one of linear'
+    )
     assert errors[2] == 'layer 1 (linear): unknown field "act" (allowed: type, out_features, bias)'
     over_long = {**mlp, "layers": big["layers"][:1] + mlp["layers"][1:], "rationale": "r" * 5000, "name": "n" * 200}
     assert validator.judge(over_long)[0] == "duplicate"  # truncated name / rationale are not worth a repair
@@ -322,7 +338,9 @@ def test_llmatic_completes_a_tiny_budget_with_its_fixed_prompts(tmp_path: Path, 
     systems = {b["messages"][0]["content"] for b in bodies}  # type: ignore[index]
     constant = next(iter(load_backend("ideal").describe().constants))
     assert len(systems) == 1 and constant not in systems.pop()  # generic system prompt, no hardware constants
-    llmatic_users = [b["messages"][1]["content"] for b in bodies if "Here is a neural network:" in b["messages"][1]["content"]]  # type: ignore[index]
+    llmatic_users = [
+        b["messages"][1]["content"] for b in bodies if "Here is a neural network:" in b["messages"][1]["content"]
+    ]  # type: ignore[index]
     assert llmatic_users and all(any(i in u for i in llmatic_instructions()) for u in llmatic_users)
     assert not any("energy" in u.split("## Answer format")[0] for u in llmatic_users)  # no scores, no energy
     population = open_run(tmp_path / "run").population()
@@ -353,7 +371,9 @@ def test_uhnas_with_real_training(tmp_path: Path, server: FakeLLMServer) -> None
     assert result.hypervolume > 0 and np.isfinite(result.hypervolume)
 
 
-def test_a_template_bug_stops_the_run_instead_of_failing_every_slot(tmp_path: Path, server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_template_bug_stops_the_run_instead_of_failing_every_slot(
+    tmp_path: Path, server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from uhnas.llm import prompting
     from uhnas.llm.prompting import PromptError
 

@@ -23,7 +23,14 @@ from uhnas.hardware.testing import assert_conforms
 from uhnas.train import TrainConfig, train
 
 SHAPE = (1, 8, 8)
-MLP = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 37}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}
+MLP = {
+    "layers": [
+        {"type": "flatten"},
+        {"type": "linear", "out_features": 37},
+        {"type": "activation", "function": "relu"},
+        {"type": "linear", "out_features": 10},
+    ]
+}
 CNN = {
     "layers": [
         {"type": "conv2d", "out_channels": 6, "kernel": 3, "padding": 1},
@@ -70,7 +77,14 @@ def digits():
 @pytest.fixture(scope="module")
 def trained_mlp(digits) -> Network:
     """64 -> 32 -> 10 MLP trained for 10 epochs on digits (~0.1 s): clean validation accuracy ~0.93."""
-    spec = {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}
+    spec = {
+        "layers": [
+            {"type": "flatten"},
+            {"type": "linear", "out_features": 32},
+            {"type": "activation", "function": "relu"},
+            {"type": "linear", "out_features": 10},
+        ]
+    }
     model = build(parse_architecture(spec), digits.input_shape, digits.num_classes, seed=0)
     result = train(model, digits, TrainConfig(epochs=10, seed=0))
     assert result.accuracy > 0.85
@@ -89,7 +103,9 @@ def test_conforms_to_the_backend_protocol() -> None:
 
 
 @pytest.mark.parametrize("spec", [MLP, CNN], ids=["mlp", "cnn"])
-@pytest.mark.parametrize("overrides", [{}, {"mesh_size": 5}, {"mesh_size": 16, "loss_db_per_mzi": 0.99}], ids=["K8", "K5", "K16-lossy"])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"mesh_size": 5}, {"mesh_size": 16, "loss_db_per_mzi": 0.99}], ids=["K8", "K5", "K16-lossy"]
+)
 def test_noise_free_device_computes_the_ideal_network(spec: dict, overrides: dict) -> None:
     # 64 -> 37 -> 10 and im2col matrices 6x9, 11x54, 10x176: none is a multiple of K, most span several tiles;
     # the nominal path loss is calibrated out, so even 0.99 dB/MZI is exact without its spread.
@@ -170,7 +186,9 @@ def test_trained_mlp_accuracy_falls_with_strength(trained_mlp, digits, key: str,
     # effects the mean over 8 draws x 360 images moves by <= 0.02 between seeds while the levels are >= 0.09 apart
     # (measured: loss spread 0.82-0.85 / 0.15-0.20, couplers 0.76-0.82 / 0.13, detector 0.53 / 0.10, phase 0.89 / 0.22).
     extra = {"detector_noise": True} if key == "pd_sensitivity_dbm" else {}
-    accuracies = [float(_accuracy(_mzi(CLEAN, {key: level, **extra}), trained_mlp, digits, draws=8).mean()) for level in levels]
+    accuracies = [
+        float(_accuracy(_mzi(CLEAN, {key: level, **extra}), trained_mlp, digits, draws=8).mean()) for level in levels
+    ]
     assert accuracies[0] > accuracies[1] > accuracies[2], accuracies
 
 
@@ -188,9 +206,7 @@ def test_draws_are_vectorised_reproducible_and_seeded() -> None:
     assert all(not torch.allclose(flat[i], flat[j]) for i in range(6) for j in range(i + 1, 6))
 
 
-def _fused_and_plain(
-    backend: MZIBackend, rows: torch.Tensor, sigma: float, compiled: bool
-) -> tuple[torch.Tensor, ...]:
+def _fused_and_plain(backend: MZIBackend, rows: torch.Tensor, sigma: float, compiled: bool) -> tuple[torch.Tensor, ...]:
     """One layer's fixed blocks through the fused Monte-Carlo forward (the compiled kernel or its torch form) and
     the straight-through training forward."""
     from uhnas.hardware.mzi.backend import _compiled_forward, _Inference, _layout, _tiled_forward, _torch_forward
@@ -236,14 +252,19 @@ def test_fused_monte_carlo_forward_computes_the_training_forward(compiled: bool)
         assert abs(ratio - 1.0) < 0.05, ratio
 
 
-@pytest.mark.parametrize("preset, dtype, layer, draws, fused", [
-    ("mzi-worst", torch.complex64, 0, 3, True),  # 40 blocks x 3 draws in the lanes: the fused builder
-    ("mzi-realistic", torch.complex128, 0, 3, True),
-    ("mzi-realistic", torch.complex64, 1, 1, False),  # 10 blocks x 1 draw: too few for the lanes
-    (CLEAN, torch.complex64, 0, 2, False),  # nothing differs between draws: one realisation per mesh
-], ids=["worst-fused", "realistic-fused-double", "few-blocks", "ideal"])
-def test_compiled_inference_equals_the_torch_blocks(preset: str, dtype: torch.dtype, layer: int, draws: int,
-                                                    fused: bool) -> None:
+@pytest.mark.parametrize(
+    "preset, dtype, layer, draws, fused",
+    [
+        ("mzi-worst", torch.complex64, 0, 3, True),  # 40 blocks x 3 draws in the lanes: the fused builder
+        ("mzi-realistic", torch.complex128, 0, 3, True),
+        ("mzi-realistic", torch.complex64, 1, 1, False),  # 10 blocks x 1 draw: too few for the lanes
+        (CLEAN, torch.complex64, 0, 2, False),  # nothing differs between draws: one realisation per mesh
+    ],
+    ids=["worst-fused", "realistic-fused-double", "few-blocks", "ideal"],
+)
+def test_compiled_inference_equals_the_torch_blocks(
+    preset: str, dtype: torch.dtype, layer: int, draws: int, fused: bool
+) -> None:
     # realize() builds a layer's weights in compiled code (the fused builder applies U's gates to diag(a) V, or the
     # meshes are built and multiplied out); torch's product of the realised meshes and fields is the reference,
     # from the same random draws (37 outputs: a partial row tile)
@@ -252,8 +273,9 @@ def test_compiled_inference_equals_the_torch_blocks(preset: str, dtype: torch.dt
 
     backend = MZIBackend(load_backend(preset).preset, dtype=dtype)
     mapped = backend._mapped(_net(MLP).matmuls()[layer])
-    expected = _Inference.build(backend._noisy_blocks(mapped, draws, _gen(4)), mapped, backend.params,
-                                backend.detector_sigma)
+    expected = _Inference.build(
+        backend._noisy_blocks(mapped, draws, _gen(4)), mapped, backend.params, backend.detector_sigma
+    )
     calls = []
     real = block_kernel.build_blocks
     block_kernel.build_blocks = lambda *a: (calls.append(1), real(*a))
@@ -279,8 +301,7 @@ def test_compiled_forward_shares_inputs_continues_its_stream_and_matches_the_tor
     backend = _mzi("mzi-realistic")
     layer = _net(MLP).matmuls()[0]
     mapped = backend._mapped(layer)
-    fixed = _Inference.build(backend._noisy_blocks(mapped, 5, _gen(0)), mapped, backend.params,
-                             backend.detector_sigma)
+    fixed = _Inference.build(backend._noisy_blocks(mapped, 5, _gen(0)), mapped, backend.params, backend.detector_sigma)
     one = torch.relu(torch.randn(1, 70, 64, generator=_gen(1)))
     shared, copied = one.expand(5, -1, -1), one.expand(5, -1, -1).contiguous()
     assert shared.stride(0) == 0
@@ -332,12 +353,19 @@ def test_attenuator_is_exact_when_ideal_and_leaks_with_coupler_error() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("noise", [
-    MeshNoise(),
-    MeshNoise(phase_std=0.02, phase_bits=8, crosstalk=0.005, loss_db_per_mzi=0.2, loss_db_std=0.02,
-              coupler_error_std=0.01),
-    MeshNoise(phase_std=0.3, loss_db_per_mzi=0.1, loss_db_std=0.2, coupler_error_std=0.2),  # clamped ratios and losses
-], ids=["ideal", "realistic", "harsh"])
+@pytest.mark.parametrize(
+    "noise",
+    [
+        MeshNoise(),
+        MeshNoise(
+            phase_std=0.02, phase_bits=8, crosstalk=0.005, loss_db_per_mzi=0.2, loss_db_std=0.02, coupler_error_std=0.01
+        ),
+        MeshNoise(
+            phase_std=0.3, loss_db_per_mzi=0.1, loss_db_std=0.2, coupler_error_std=0.2
+        ),  # clamped ratios and losses
+    ],
+    ids=["ideal", "realistic", "harsh"],
+)
 def test_compiled_attenuator_fields_equal_the_torch_model(noise: MeshNoise, dtype: torch.dtype) -> None:
     # realize() computes the attenuator fields in one compiled pass from the same samples (tables at the samples'
     # indices instead of sines, cosines and powers); sample_attenuators + attenuator_field are the reference
@@ -354,7 +382,20 @@ def test_check_feasible_small_and_infeasible_wide() -> None:
     small = analyze(parse_architecture(MLP), SHAPE, 10)
     for name in ("mzi-realistic", "mzi-worst"):
         assert _mzi(name).check(small) == []
-    wide = analyze(parse_architecture({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 2048}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}), SHAPE, 10)
+    wide = analyze(
+        parse_architecture(
+            {
+                "layers": [
+                    {"type": "flatten"},
+                    {"type": "linear", "out_features": 2048},
+                    {"type": "activation", "function": "relu"},
+                    {"type": "linear", "out_features": 10},
+                ]
+            }
+        ),
+        SHAPE,
+        10,
+    )
     violations = {v.constraint: v for v in _mzi("mzi-realistic").check(wide)}
     mzi = violations["max_mzis"]
     tiles = 256 * 8 + 2 * 256  # 64 -> 2048: R=256, C=8; 2048 -> 10: R=2, C=256
@@ -367,7 +408,20 @@ def test_check_feasible_small_and_infeasible_wide() -> None:
 
 
 def test_worst_case_optical_budget_binds_before_the_mzi_budget() -> None:
-    mid = analyze(parse_architecture({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 128}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]}), SHAPE, 10)
+    mid = analyze(
+        parse_architecture(
+            {
+                "layers": [
+                    {"type": "flatten"},
+                    {"type": "linear", "out_features": 128},
+                    {"type": "activation", "function": "relu"},
+                    {"type": "linear", "out_features": 10},
+                ]
+            }
+        ),
+        SHAPE,
+        10,
+    )
     assert _mzi("mzi-realistic").check(mid) == []
     (violation,) = _mzi("mzi-worst").check(mid)
     assert violation.unit == "mW" and violation.amount > 0
@@ -384,7 +438,9 @@ def test_worst_case_optical_budget_binds_before_the_mzi_budget() -> None:
         ("mzi-worst", {"phase_bits": 8}, "max_phase_bits", 6, 8, "bits"),
     ],
 )
-def test_each_chip_limit_fires_with_its_measured_amount(name: str, overrides: dict, constraint: str, limit: float, actual: float, unit: str) -> None:
+def test_each_chip_limit_fires_with_its_measured_amount(
+    name: str, overrides: dict, constraint: str, limit: float, actual: float, unit: str
+) -> None:
     small = analyze(parse_architecture(MLP), SHAPE, 10)
     assert constraint not in {v.constraint for v in _mzi(name).check(small)}
     violations = {v.constraint: v for v in _mzi(name, overrides).check(small)}
@@ -392,7 +448,9 @@ def test_each_chip_limit_fires_with_its_measured_amount(name: str, overrides: di
     assert (found.limit, found.unit) == (limit, unit)
     assert found.actual == pytest.approx(actual)
     assert found.amount == pytest.approx((actual - limit) / limit)
-    assert constraint not in {v.constraint for v in _mzi(name, {**overrides, constraint: None}).check(small)}  # null: unlimited
+    assert constraint not in {
+        v.constraint for v in _mzi(name, {**overrides, constraint: None}).check(small)
+    }  # null: unlimited
 
 
 def test_chip_limits_hold_at_their_values() -> None:
@@ -415,7 +473,10 @@ def test_overrides_and_validation() -> None:
     with pytest.raises(BackendError, match="mesh_size"):
         load_backend("mzi-realistic", ["mesh_size=2"])
     for override, message in [
-        ("adc_bits=1", "adc_bits: Input should be greater than or equal to 2"),  # a signed 1-bit quantiser has no levels
+        (
+            "adc_bits=1",
+            "adc_bits: Input should be greater than or equal to 2",
+        ),  # a signed 1-bit quantiser has no levels
         ("dac_bits=1", "dac_bits: Input should be greater than or equal to 2"),
         ("phase_noise_std=inf", "phase_noise_std: Input should be a finite number"),
         ("crosstalk=.nan", "crosstalk: Input should be a finite number"),
@@ -431,7 +492,9 @@ def test_overrides_and_validation() -> None:
         assert torch.isfinite(_mzi(CLEAN, {"adc_bits": 2, "dac_bits": 2}).realize(model, 2, _gen(0))(x)).all()
     summary = analyze(parse_architecture(MLP), SHAPE, 10)
     worst_case = {"loss_db_per_mzi": 10, "coupling_loss_db": 30, "pd_sensitivity_dbm": 20, "mesh_size": 64}
-    assert math.isfinite(_mzi("mzi-realistic", worst_case).energy(summary).total_nj)  # the bounds keep 10^(dB/10) finite
+    assert math.isfinite(
+        _mzi("mzi-realistic", worst_case).energy(summary).total_nj
+    )  # the bounds keep 10^(dB/10) finite
     with pytest.raises(ValueError, match="energy component 'phase_holding' is inf nJ"):
         _mzi("mzi-realistic", {"phase_shifter_p_pi_mw": 1e308}).energy(summary)
 
@@ -456,7 +519,8 @@ def test_training_programs_are_differentiable_and_resample_noise() -> None:
     assert not torch.allclose(first, second)  # a fresh hardware sample per call
     params = list(model.parameters())
     grads = torch.autograd.grad(first.logsumexp(-1).sum(), params)
-    for grad, param in zip(grads, params, strict=True):
+    assert len(grads) == len(params)
+    for grad in grads:
         assert torch.isfinite(grad).all()
 
 

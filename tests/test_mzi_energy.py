@@ -31,6 +31,7 @@ def test_every_component_of_a_two_layer_mlp_matches_hand_arithmetic() -> None:
     report = energy.energy_report(_mlp(32), p)
     got = report.breakdown_nj
     cycle_s = 1 / 10e9
+
     # 64 -> 32: R = 4 row tiles, C = 8 column tiles (32 tiles); 32 -> 10: R = 2, C = 4 (8 tiles).
     # laser: P_rx = 10^(-25/10) mW * 2^8; IL = (2*8+1) * 0.2 + 1.0 = 4.4 dB; fan-out = in * R = 256 and 64.
     def laser_mw(fan_out: int) -> float:
@@ -76,8 +77,15 @@ def test_worst_case_preset_prices_loss_bits_and_heaters() -> None:
 
 def test_conv_reuse_sets_throughput_and_latency() -> None:
     arch = parse_architecture(
-        {"layers": [{"type": "conv2d", "out_channels": 4, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
-                    {"type": "maxpool", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]}
+        {
+            "layers": [
+                {"type": "conv2d", "out_channels": 4, "kernel": 3, "padding": 1},
+                {"type": "activation", "function": "relu"},
+                {"type": "maxpool", "kernel": 2},
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 10},
+            ]
+        }
     )
     summary = analyze(arch, (1, 8, 8), 10)
     p = _params("mzi-realistic")

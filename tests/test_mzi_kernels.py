@@ -13,15 +13,25 @@ from uhnas.hardware.mzi import mesh as mz
 from uhnas.hardware.mzi.mesh import MeshNoise, MeshPhases, MeshStack, mesh_matrices, sample_chip
 from uhnas.hardware.sampling import quantile_table
 
-FULL_NOISE = MeshNoise(phase_std=0.05, phase_bits=6, crosstalk=0.01, loss_db_per_mzi=0.3, loss_db_std=0.1,
-                       coupler_error_std=0.03)
+FULL_NOISE = MeshNoise(
+    phase_std=0.05, phase_bits=6, crosstalk=0.01, loss_db_per_mzi=0.3, loss_db_std=0.1, coupler_error_std=0.03
+)
 
 
 def random_stack(n: int, meshes: int, seed: int) -> MeshStack:
     g = torch.Generator().manual_seed(seed)
     k = n * (n - 1) // 2
-    return MeshStack.of([MeshPhases(n, torch.rand(k, generator=g) * math.pi, torch.rand(k, generator=g) * 2 * math.pi,
-                                    torch.rand(n, generator=g) * 2 * math.pi) for _ in range(meshes)])
+    return MeshStack.of(
+        [
+            MeshPhases(
+                n,
+                torch.rand(k, generator=g) * math.pi,
+                torch.rand(k, generator=g) * 2 * math.pi,
+                torch.rand(n, generator=g) * 2 * math.pi,
+            )
+            for _ in range(meshes)
+        ]
+    )
 
 
 def both_builders(monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,13 +59,17 @@ def test_compiled_builder_equals_torch_builders_with_every_error_on(monkeypatch,
         assert float((fast[0, 0] - fast[0, 1]).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("noise", [
-    MeshNoise(phase_std=0.05),
-    MeshNoise(coupler_error_std=0.03),
-    MeshNoise(loss_db_per_mzi=0.3, loss_db_std=0.1),
-    MeshNoise(phase_bits=5, crosstalk=0.02),
-    MeshNoise(),
-], ids=["phase", "couplers", "loss", "systematic", "ideal"])
+@pytest.mark.parametrize(
+    "noise",
+    [
+        MeshNoise(phase_std=0.05),
+        MeshNoise(coupler_error_std=0.03),
+        MeshNoise(loss_db_per_mzi=0.3, loss_db_std=0.1),
+        MeshNoise(phase_bits=5, crosstalk=0.02),
+        MeshNoise(),
+    ],
+    ids=["phase", "couplers", "loss", "systematic", "ideal"],
+)
 def test_compiled_builder_equals_torch_builders_per_error(monkeypatch, noise: MeshNoise) -> None:
     stack = random_stack(16, meshes=2, seed=3)
     fast, ref = both_builders(monkeypatch, phases=stack, draws=4, noise=noise, seed=9, dtype=torch.complex128)
@@ -82,8 +96,13 @@ def test_compiled_builder_is_unitary_without_loss_and_exact_without_noise() -> N
     ideal = mesh_matrices(stack, dtype=torch.complex128)
     eye = torch.eye(24, dtype=torch.complex128)
     assert float((ideal @ ideal.conj().transpose(-1, -2) - eye).abs().max()) < 1e-12
-    noisy = mesh_matrices(stack, draws=6, noise=MeshNoise(phase_std=0.05, coupler_error_std=0.03),
-                          generator=torch.Generator().manual_seed(0), dtype=torch.complex128)
+    noisy = mesh_matrices(
+        stack,
+        draws=6,
+        noise=MeshNoise(phase_std=0.05, coupler_error_std=0.03),
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.complex128,
+    )
     assert float((noisy @ noisy.conj().transpose(-1, -2) - eye).abs().max()) < 1e-12
     assert float((noisy - ideal[:, None]).abs().max()) > 1e-3
 
@@ -164,22 +183,34 @@ def kernel_arguments(monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple:
 
 @pytest.mark.parametrize("n", [2, 3, 4, 8, 13, 17, 33])
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-@pytest.mark.parametrize("case", ["every_error", "phase", "couplers", "loss", "systematic", "ideal", "one_chip",
-                                  "chip_per_mesh"])
+@pytest.mark.parametrize(
+    "case", ["every_error", "phase", "couplers", "loss", "systematic", "ideal", "one_chip", "chip_per_mesh"]
+)
 def test_mesh_kernel_layouts_agree(monkeypatch, n: int, dtype, case: str) -> None:
     """The small-mesh layout (realisations in the lanes, diagonal factors folded into the MZIs) and the large-mesh
     layout (matrix columns in the lanes) compute the same matrices; 21 realisations: one batch of 16 and a part."""
     from uhnas.hardware.mzi import mesh_kernel
 
-    noise = {"phase": MeshNoise(phase_std=0.05), "couplers": MeshNoise(coupler_error_std=0.03),
-             "loss": MeshNoise(loss_db_per_mzi=0.3, loss_db_std=0.1),
-             "systematic": MeshNoise(phase_bits=5, crosstalk=0.02), "ideal": MeshNoise()}.get(case, FULL_NOISE)
+    noise = {
+        "phase": MeshNoise(phase_std=0.05),
+        "couplers": MeshNoise(coupler_error_std=0.03),
+        "loss": MeshNoise(loss_db_per_mzi=0.3, loss_db_std=0.1),
+        "systematic": MeshNoise(phase_bits=5, crosstalk=0.02),
+        "ideal": MeshNoise(),
+    }.get(case, FULL_NOISE)
     meshes, draws = 3, 7
     chip = None
     if case in ("one_chip", "chip_per_mesh"):
         chip = sample_chip(n, FULL_NOISE, torch.Generator().manual_seed(2), draws=1 if case == "one_chip" else meshes)
-    args = kernel_arguments(monkeypatch, phases=random_stack(n, meshes, seed=n), draws=draws, noise=noise, chip=chip,
-                            generator=torch.Generator().manual_seed(3), dtype=dtype)
+    args = kernel_arguments(
+        monkeypatch,
+        phases=random_stack(n, meshes, seed=n),
+        draws=draws,
+        noise=noise,
+        chip=chip,
+        generator=torch.Generator().manual_seed(3),
+        dtype=dtype,
+    )
     lanes, columns = np.zeros_like(args[0]), np.zeros_like(args[0])
     mesh_kernel._build_lanes(lanes, *args[1:])
     mesh_kernel._build_columns(columns, *args[1:])

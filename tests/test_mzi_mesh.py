@@ -24,8 +24,9 @@ from uhnas.hardware.mzi.mesh import (
 
 C128 = torch.complex128
 # every non-ideality on, at magnitudes large enough that a wrong sample order or builder shows
-FULL_NOISE = MeshNoise(phase_std=0.05, phase_bits=6, crosstalk=0.01, loss_db_per_mzi=0.3, loss_db_std=0.1,
-                       coupler_error_std=0.03)
+FULL_NOISE = MeshNoise(
+    phase_std=0.05, phase_bits=6, crosstalk=0.01, loss_db_per_mzi=0.3, loss_db_std=0.1, coupler_error_std=0.03
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,8 +50,12 @@ def haar(n: int, seed: int) -> np.ndarray:
 def random_phases(n: int, seed: int) -> MeshPhases:
     g = torch.Generator().manual_seed(seed)
     k = n * (n - 1) // 2
-    return MeshPhases(n, torch.rand(k, generator=g) * math.pi, torch.rand(k, generator=g) * 2 * math.pi,
-                      torch.rand(n, generator=g) * 2 * math.pi)
+    return MeshPhases(
+        n,
+        torch.rand(k, generator=g) * math.pi,
+        torch.rand(k, generator=g) * 2 * math.pi,
+        torch.rand(n, generator=g) * 2 * math.pi,
+    )
 
 
 def gen(seed: int) -> torch.Generator:
@@ -148,8 +153,9 @@ def test_layout_neighbours_and_dummies() -> None:
 def test_tiled_builder_matches_column_reference(n: int) -> None:
     """The light-cone tile builder equals the plain column-by-column product, with every non-ideality on."""
     p = random_phases(n, seed=n)
-    noise = MeshNoise(phase_std=0.05, phase_bits=6, crosstalk=0.01, loss_db_per_mzi=0.3, loss_db_std=0.1,
-                      coupler_error_std=0.03)
+    noise = MeshNoise(
+        phase_std=0.05, phase_bits=6, crosstalk=0.01, loss_db_per_mzi=0.3, loss_db_std=0.1, coupler_error_std=0.03
+    )
     cpu = torch.device("cpu")
     table, screen, plan, _ = mz._prepare_stack(MeshStack.of([p]), 3, True, noise, None, gen(1), C128, cpu)
     assert plan.tile is not None
@@ -165,8 +171,9 @@ def test_tiled_builder_matches_column_reference(n: int) -> None:
 def test_column_builder_matches_column_reference(n: int) -> None:
     """The batch-innermost column builder (meshes with n < 12) equals the plain gather-based column product."""
     p = random_phases(n, seed=n)
-    table, screen, plan, _ = mz._prepare_stack(MeshStack.of([p]), 3, True, FULL_NOISE, None, gen(1), C128,
-                                               torch.device("cpu"))
+    table, screen, plan, _ = mz._prepare_stack(
+        MeshStack.of([p]), 3, True, FULL_NOISE, None, gen(1), C128, torch.device("cpu")
+    )
     assert plan.tile is None
     before = table.clone()
     fast = mz._build_columns(table, plan, screen).permute(2, 0, 1)
@@ -213,8 +220,9 @@ def test_batched_meshes_share_chips_as_asked_and_validate() -> None:
     shared = mesh_matrices(phases, draws=4, noise=noise, chip=per_mesh, dtype=C128)
     assert shared.shape == (meshes, 4, n, n) and (shared - shared[:, :1]).abs().max() < 1e-14
     for m, p in enumerate(phases):
-        one = ChipErrors(n, per_mesh.coupler_ratio[m : m + 1], per_mesh.mzi_loss_db[m : m + 1],
-                         per_mesh.dummy_loss_db[m : m + 1])
+        one = ChipErrors(
+            n, per_mesh.coupler_ratio[m : m + 1], per_mesh.mzi_loss_db[m : m + 1], per_mesh.dummy_loss_db[m : m + 1]
+        )
         assert (shared[m, 0] - mesh_matrix(p, noise=noise, chip=one, dtype=C128)).abs().max() < 1e-13
     fresh = mesh_matrices(phases, draws=4, noise=noise, generator=gen(2), dtype=C128)  # one chip per mesh and draw
     assert float((fresh[:, 0] - fresh[:, 1]).abs().max()) > 1e-3
@@ -260,8 +268,7 @@ def test_uniform_loss_is_a_global_scalar() -> None:
 def test_loss_is_sub_unitary_and_variation_path_dependent() -> None:
     n = 16
     p = random_phases(n, seed=7)
-    m = mesh_matrix(p, draws=8, noise=MeshNoise(loss_db_per_mzi=0.2, loss_db_std=0.1), generator=gen(8),
-                    dtype=C128)
+    m = mesh_matrix(p, draws=8, noise=MeshNoise(loss_db_per_mzi=0.2, loss_db_std=0.1), generator=gen(8), dtype=C128)
     sv = torch.linalg.svdvals(m)
     assert float(sv.max()) <= 1 + 1e-12
     # path-dependent: the singular values of one draw are no longer all equal
@@ -303,8 +310,9 @@ def test_crosstalk_changes_the_matrix_and_uses_column_neighbours() -> None:
 
 def test_determinism_for_a_seed() -> None:
     p = random_phases(16, seed=12)
-    noise = MeshNoise(phase_std=0.02, phase_bits=8, crosstalk=0.005, loss_db_per_mzi=0.2, loss_db_std=0.05,
-                      coupler_error_std=0.01)
+    noise = MeshNoise(
+        phase_std=0.02, phase_bits=8, crosstalk=0.005, loss_db_per_mzi=0.2, loss_db_std=0.05, coupler_error_std=0.01
+    )
     a = mesh_matrix(p, draws=5, noise=noise, generator=gen(42))
     b = mesh_matrix(p, draws=5, noise=noise, generator=gen(42))
     c = mesh_matrix(p, draws=5, noise=noise, generator=gen(43))
@@ -327,12 +335,12 @@ def test_one_chip_is_fixed_across_draws() -> None:
     many = mesh_matrix(p, draws=4, noise=noise, chip=chips, dtype=C128)
     assert float((many[1] - many[0]).abs().max()) > 1e-3  # one chip per draw
     for d in range(4):  # draw d realises chip d
-        one = ChipErrors(n, chips.coupler_ratio[d : d + 1], chips.mzi_loss_db[d : d + 1],
-                         chips.dummy_loss_db[d : d + 1])
+        one = ChipErrors(
+            n, chips.coupler_ratio[d : d + 1], chips.mzi_loss_db[d : d + 1], chips.dummy_loss_db[d : d + 1]
+        )
         assert (mesh_matrix(p, noise=noise, chip=one, dtype=C128) - many[d]).abs().max() < 1e-13
     # phase noise on top of a fixed chip: draws differ, chip part identical
-    noisy = mesh_matrix(p, draws=3, noise=MeshNoise(phase_std=0.02, loss_db_per_mzi=0.2), chip=chip,
-                        generator=gen(3))
+    noisy = mesh_matrix(p, draws=3, noise=MeshNoise(phase_std=0.02, loss_db_per_mzi=0.2), chip=chip, generator=gen(3))
     assert float((noisy[0] - noisy[1]).abs().max()) > 1e-4
 
 

@@ -25,18 +25,37 @@ CARD = load_backend("ideal").describe()
 OP = RandomOperator()
 
 
-def context(seed: int, shape: tuple[tuple[int, ...], int] = DIGITS, generation: int = 1, known: set[str] | None = None) -> OperatorContext:
+def context(
+    seed: int, shape: tuple[tuple[int, ...], int] = DIGITS, generation: int = 1, known: set[str] | None = None
+) -> OperatorContext:
     """A context whose generator is derived from `seed` like the engine's."""
     known = known or set()
     return OperatorContext(
-        generation=generation, slot=0, attempt=0, rng=numpy_rng(seed, "test"), seed=seed, dataset="digits",
-        input_shape=shape[0], num_classes=shape[1], backend=CARD, objective="mean", population=(), front=(),
-        recent=(), history=(), is_known=known.__contains__, generations=3, offspring=2, population_size=4,
+        generation=generation,
+        slot=0,
+        attempt=0,
+        rng=numpy_rng(seed, "test"),
+        seed=seed,
+        dataset="digits",
+        input_shape=shape[0],
+        num_classes=shape[1],
+        backend=CARD,
+        objective="mean",
+        population=(),
+        front=(),
+        recent=(),
+        history=(),
+        is_known=known.__contains__,
+        generations=3,
+        offspring=2,
+        population_size=4,
     )
 
 
 def record(arch: Architecture, number: int) -> TrialRecord:
-    return TrialRecord(generation=0, slot=number, number=number, arch=arch.model_dump(mode="json"), hash=arch_hash(arch))
+    return TrialRecord(
+        generation=0, slot=number, number=number, arch=arch.model_dump(mode="json"), hash=arch_hash(arch)
+    )
 
 
 def in_space(arch: Architecture) -> bool:
@@ -114,11 +133,19 @@ def test_mutation_of_any_random_parent_is_valid(seed: int, parent_seed: int) -> 
 
 def test_minimal_and_foreign_parents_can_be_mutated() -> None:
     minimal = parse_architecture({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 10}]})
-    big = parse_architecture({"layers": [
-        {"type": "conv2d", "out_channels": 128, "kernel": 7, "padding": 3}, {"type": "activation", "function": "square"},
-        {"type": "avgpool", "kernel": 4}, {"type": "flatten"}, {"type": "linear", "out_features": 1024},
-        {"type": "activation", "function": "saturating"}, {"type": "linear", "out_features": 10},
-    ]})
+    big = parse_architecture(
+        {
+            "layers": [
+                {"type": "conv2d", "out_channels": 128, "kernel": 7, "padding": 3},
+                {"type": "activation", "function": "square"},
+                {"type": "avgpool", "kernel": 4},
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 1024},
+                {"type": "activation", "function": "saturating"},
+                {"type": "linear", "out_features": 10},
+            ]
+        }
+    )
     for arch in (minimal, big):
         for seed in range(50):
             analyze(OP.mutate(context(seed), record(arch, 0)).arch, *DIGITS)
@@ -161,7 +188,16 @@ class Stubborn:
         return None
 
 
-MLP = parse_architecture({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": 10}]})
+MLP = parse_architecture(
+    {
+        "layers": [
+            {"type": "flatten"},
+            {"type": "linear", "out_features": 32},
+            {"type": "activation", "function": "relu"},
+            {"type": "linear", "out_features": 10},
+        ]
+    }
+)
 OTHER = parse_architecture({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 10}]})
 
 

@@ -1,4 +1,4 @@
-"""Resume: a search killed with SIGKILL mid-run and resumed ends exactly like an uninterrupted run with the same seed."""
+"""Resume: a search killed with SIGKILL mid-run and resumed ends exactly like an uninterrupted run with one seed."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ TIMEOUT_S = 240
 def start(config: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
     """`python -m uhnas.search.engine CONFIG OUT` in a fresh interpreter."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "uhnas.search.engine", str(config), str(out), *extra], env=env, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "uhnas.search.engine", str(config), str(out), *extra], env=env, stderr=subprocess.PIPE
+    )
 
 
 def stored_trials(db: Path) -> int:

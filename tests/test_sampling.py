@@ -24,4 +24,6 @@ def test_table_holds_the_bin_means_of_the_standard_normal() -> None:
     assert bool((table >= edges[:-1] - 1e-6).all()) and bool((table <= edges[1:] + 1e-6).all())
     # the 1st bin above 0 by hand: mean of Z on [0, Phi^-1(1/2 + 2^-16)] = 2^16 (phi(0) - phi(b)) ~ b / 2
     b = float(edges[LEVELS // 2 + 1])
-    assert float(table[LEVELS // 2]) == pytest.approx(LEVELS * (1 - math.exp(-b * b / 2)) / math.sqrt(2 * math.pi), rel=1e-5)
+    assert float(table[LEVELS // 2]) == pytest.approx(
+        LEVELS * (1 - math.exp(-b * b / 2)) / math.sqrt(2 * math.pi), rel=1e-5
+    )

@@ -149,9 +149,7 @@ def brute_force_fronts(F: np.ndarray, V: np.ndarray) -> list[list[int]]:
     fronts = []
     while remaining:
         front = [
-            j
-            for j in remaining
-            if not any(constrained_dominates(F[i], V[i], F[j], V[j]) for i in remaining if i != j)
+            j for j in remaining if not any(constrained_dominates(F[i], V[i], F[j], V[j]) for i in remaining if i != j)
         ]
         fronts.append(front)
         remaining = [j for j in remaining if j not in front]

@@ -17,7 +17,7 @@ import sys
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers (glibc malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 << 20
-"""Blocks up to this size come from the heap: glibc's largest allowed value on 64-bit (malloc.h, DEFAULT_MMAP_THRESHOLD_MAX)."""
+"""Blocks up to this size come from the heap: glibc's largest value on 64-bit (malloc.h, DEFAULT_MMAP_THRESHOLD_MAX)."""
 TRIM_THRESHOLD_BYTES = 256 << 20
 """Freed memory the heap keeps for reuse. Assumption (no source): a few times the largest working set of an
 evaluation of the bundled examples (tens of MB), small against the memory a worker is allowed."""
@@ -42,7 +42,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
     return _applied
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -38,6 +38,7 @@ def _process_setup() -> None:
     """Before any command: keep freed memory in the heap (simulations reuse tensors of tens of MB; uhnas.allocator)."""
     keep_freed_memory()
 
+
 console = Console()
 EXIT_USAGE = 2
 
@@ -52,7 +53,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from uhnas.data import DatasetError
     from uhnas.hardware.registry import BackendError
 
-    errors: list[type[BaseException]] = [CLIError, ArchitectureError, DatasetError, BackendError, ValueError, FileNotFoundError]
+    errors: list[type[BaseException]] = [
+        CLIError,
+        ArchitectureError,
+        DatasetError,
+        BackendError,
+        ValueError,
+        FileNotFoundError,
+    ]
     try:
         from uhnas.llm.errors import LLMError
 
@@ -117,7 +125,9 @@ def arch_schema() -> None:
 @arch_app.command("check")
 def arch_check(
     path: Annotated[Path, typer.Argument(help="Architecture JSON file.")],
-    dataset: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (sets input shape and classes).")] = "digits",
+    dataset: Annotated[
+        str, typer.Option(help="digits, mnist or fashion-mnist (sets input shape and classes).")
+    ] = "digits",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Validate an architecture and print each layer's output shape, parameters and MACs."""
@@ -133,7 +143,13 @@ def arch_check(
                     "dataset": dataset,
                     "input_shape": list(input_shape),
                     "layers": [
-                        {"index": i.index, "type": i.type, "out_shape": list(i.out_shape), "params": i.params, "macs": i.macs}
+                        {
+                            "index": i.index,
+                            "type": i.type,
+                            "out_shape": list(i.out_shape),
+                            "params": i.params,
+                            "macs": i.macs,
+                        }
                         for i in summary.layers
                     ],
                     "params": summary.params,
@@ -146,8 +162,20 @@ def arch_check(
             table.add_column(column, justify="right" if column in ("#", "params", "MACs") else "left")
         for info, layer in zip(summary.layers, arch.layers):
             detail = ", ".join(f"{k}={v}" for k, v in layer.model_dump().items() if k != "type")
-            table.add_row(str(info.index), f"{info.type}({detail})", "x".join(map(str, info.out_shape)), _fmt_int(info.params), _fmt_int(info.macs))
-        table.add_row("", "[bold]total[/bold]", "", f"[bold]{_fmt_int(summary.params)}[/bold]", f"[bold]{_fmt_int(summary.macs)}[/bold]")
+            table.add_row(
+                str(info.index),
+                f"{info.type}({detail})",
+                "x".join(map(str, info.out_shape)),
+                _fmt_int(info.params),
+                _fmt_int(info.macs),
+            )
+        table.add_row(
+            "",
+            "[bold]total[/bold]",
+            "",
+            f"[bold]{_fmt_int(summary.params)}[/bold]",
+            f"[bold]{_fmt_int(summary.macs)}[/bold]",
+        )
         console.print(table)
         console.print(f"valid; hash {arch_hash(arch)}")
 
@@ -165,7 +193,12 @@ def _evaluation_table(data: dict[str, Any]) -> Table:
     ]
     noisy = data.get("noisy_accuracy")
     if noisy:
-        rows.append((f"validation accuracy under noise ({noisy['draws']} draws)", f"{noisy['mean']:.4f} ± {noisy['std']:.4f} (p5 {noisy['p5']:.4f})"))
+        rows.append(
+            (
+                f"validation accuracy under noise ({noisy['draws']} draws)",
+                f"{noisy['mean']:.4f} ± {noisy['std']:.4f} (p5 {noisy['p5']:.4f})",
+            )
+        )
     if data.get("noisy_test_accuracy") is not None:
         rows.append(("test accuracy under noise (mean)", f"{data['noisy_test_accuracy']:.4f}"))
     rows.append(("energy per inference", f"{data['energy_nj']:.4g} nJ"))
@@ -176,7 +209,12 @@ def _evaluation_table(data: dict[str, Any]) -> Table:
         rows.append(("latency per inference", f"{data['latency_ns']:.4g} ns"))
     rows.append(("feasible", "yes" if data["feasible"] else "no"))
     for violation in data["violations"]:
-        rows.append((f"  violates {violation['constraint']}", f"{violation['actual']:.4g} > {violation['limit']:.4g} {violation['unit']}"))
+        rows.append(
+            (
+                f"  violates {violation['constraint']}",
+                f"{violation['actual']:.4g} > {violation['limit']:.4g} {violation['unit']}",
+            )
+        )
     rows.append(("training time", f"{data['train_seconds']:.2f} s ({data['epochs']} epochs)"))
     if data.get("mc_seconds"):
         rows.append(("noise evaluation time", f"{data['mc_seconds']:.2f} s"))
@@ -192,7 +230,9 @@ def evaluate(
     path: Annotated[Path, typer.Argument(help="Architecture JSON file.")],
     dataset: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist.")] = "digits",
     backend: Annotated[str, typer.Option(help="Backend preset name or YAML file (see `uhnas backends`).")] = "ideal",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a backend constant: key=value (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a backend constant: key=value (repeatable).")
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 64,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-3,
@@ -201,7 +241,7 @@ def evaluate(
     mc: Annotated[int, typer.Option(min=0, help="Monte-Carlo draws of the device's non-idealities.")] = 32,
     noise_aware: Annotated[bool, typer.Option(help="Sample the backend's non-idealities while training.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Directory holding MNIST-style IDX files.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Directory holding MNIST-style IDX files.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Train one architecture and score it: accuracy clean and under device noise, energy, constraints."""
@@ -214,7 +254,13 @@ def evaluate(
         hw = load_backend(backend, set_ or [])
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed)
         result = run_evaluation(
-            arch, dataset, hw, train_config=config, mc=mc, noise_aware=noise_aware, device=device,
+            arch,
+            dataset,
+            hw,
+            train_config=config,
+            mc=mc,
+            noise_aware=noise_aware,
+            device=device,
             data_dir=str(data_dir) if data_dir else None,
         )
         data = result.to_dict()
@@ -239,7 +285,9 @@ def backends(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
             _print_json({"backends": cards, "broken": broken})
             return
         for card in cards:
-            table = Table(title=f"{card['name']}  [dim]({card['family']}, {card['precision']})[/dim]", title_justify="left")
+            table = Table(
+                title=f"{card['name']}  [dim]({card['family']}, {card['precision']})[/dim]", title_justify="left"
+            )
             table.add_column("constant")
             table.add_column("value", justify="right")
             table.add_column("unit")
@@ -250,22 +298,46 @@ def backends(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
             console.print(table)
         for name, reason in broken.items():
             # the reason quotes the entry point ("module:attr") and the error: shown verbatim, neither markup nor emoji
-            console.print(f"[red]backend plugin {escape(repr(name))} failed to load:[/red] {escape(reason)}", emoji=False)
+            console.print(
+                f"[red]backend plugin {escape(repr(name))} failed to load:[/red] {escape(reason)}", emoji=False
+            )
 
 
 # --------------------------------------------------------------------------------------- search
 def _search_overrides(**flags: Any) -> list[str]:
     """CLI flags -> config overrides (key.path=value); flags left unset change nothing."""
     paths = {
-        "method": "method", "dataset": "dataset", "data_dir": "data_dir", "backend": "backend", "seed": "seed",
-        "population": "population", "generations": "generations", "offspring": "offspring", "objective": "objective",
-        "mc": "mc", "device": "device", "epochs": "training.epochs", "noise_aware": "training.noise_aware",
-        "workers": "executor.workers", "timeout": "executor.timeout_s", "executor": "executor.kind",
-        "ray_address": "executor.ray_address", "llm": "llm.provider", "model": "llm.model", "base_url": "llm.base_url",
-        "api_key_env": "llm.api_key_env", "llm_budget_tokens": "llm.budget_tokens", "llm_budget_usd": "llm.budget_usd",
-        "system_prompt": "llm.system_prompt", "temperature": "llm.temperature",
+        "method": "method",
+        "dataset": "dataset",
+        "data_dir": "data_dir",
+        "backend": "backend",
+        "seed": "seed",
+        "population": "population",
+        "generations": "generations",
+        "offspring": "offspring",
+        "objective": "objective",
+        "mc": "mc",
+        "device": "device",
+        "epochs": "training.epochs",
+        "noise_aware": "training.noise_aware",
+        "workers": "executor.workers",
+        "timeout": "executor.timeout_s",
+        "executor": "executor.kind",
+        "ray_address": "executor.ray_address",
+        "llm": "llm.provider",
+        "model": "llm.model",
+        "base_url": "llm.base_url",
+        "api_key_env": "llm.api_key_env",
+        "llm_budget_tokens": "llm.budget_tokens",
+        "llm_budget_usd": "llm.budget_usd",
+        "system_prompt": "llm.system_prompt",
+        "temperature": "llm.temperature",
     }
-    overrides = [f"{paths[name]}={json.dumps(value) if isinstance(value, str) else value}" for name, value in flags.items() if value is not None and name in paths]
+    overrides = [
+        f"{paths[name]}={json.dumps(value) if isinstance(value, str) else value}"
+        for name, value in flags.items()
+        if value is not None and name in paths
+    ]
     if flags.get("backend_set"):
         overrides.append(f"backend_overrides={json.dumps(list(flags['backend_set']))}")
     return [o.replace("=True", "=true").replace("=False", "=false") for o in overrides]
@@ -279,10 +351,19 @@ def _front_rows(records: list[Any]) -> list[dict[str, Any]]:
     for r in sorted(records, key=lambda r: r.energy_nj):
         rows.append(
             {
-                "trial": r.number, "hash": r.hash, "error": r.error, "energy_nj": r.energy_nj,
-                "accuracy_clean": r.accuracy("clean"), "accuracy_noisy_mean": r.accuracy("mean"), "accuracy_noisy_p5": r.accuracy("p5"),
-                "params": (r.evaluation or {}).get("params"), "macs": (r.evaluation or {}).get("macs"),
-                "generation": r.generation, "operator": r.operator, "layers": compact_layers(r.arch or {"layers": []}), "arch": r.arch,
+                "trial": r.number,
+                "hash": r.hash,
+                "error": r.error,
+                "energy_nj": r.energy_nj,
+                "accuracy_clean": r.accuracy("clean"),
+                "accuracy_noisy_mean": r.accuracy("mean"),
+                "accuracy_noisy_p5": r.accuracy("p5"),
+                "params": (r.evaluation or {}).get("params"),
+                "macs": (r.evaluation or {}).get("macs"),
+                "generation": r.generation,
+                "operator": r.operator,
+                "layers": compact_layers(r.arch or {"layers": []}),
+                "arch": r.arch,
             }
         )
     return rows
@@ -294,9 +375,14 @@ def _front_table(rows: list[dict[str, Any]], title: str) -> Table:
         table.add_column(column, justify="left" if column in ("hash", "layers") else "right", overflow="fold")
     for row in rows:
         table.add_row(
-            str(row["trial"]), row["hash"], f"{row['error']:.4f}",
-            f"{row['accuracy_noisy_mean']:.4f} ({row['accuracy_noisy_p5']:.4f})", f"{row['accuracy_clean']:.4f}",
-            f"{row['energy_nj']:.4g}", _fmt_int(row["params"] or 0), row["layers"],
+            str(row["trial"]),
+            row["hash"],
+            f"{row['error']:.4f}",
+            f"{row['accuracy_noisy_mean']:.4f} ({row['accuracy_noisy_p5']:.4f})",
+            f"{row['accuracy_clean']:.4f}",
+            f"{row['energy_nj']:.4g}",
+            _fmt_int(row["params"] or 0),
+            row["layers"],
         )
     return table
 
@@ -307,45 +393,70 @@ def _write_plot(out: Path, records: list[Any], title: str, objective: str) -> Pa
 
     evaluated = [r for r in records if not r.failed]
     front = {r.number for r in feasible_front(records)}
-    label = {"mean": "error under non-idealities (1 - mean noisy accuracy)", "p5": "error (1 - 5th-percentile noisy accuracy)", "clean": "error (1 - clean accuracy)"}[objective]
+    label = {
+        "mean": "error under non-idealities (1 - mean noisy accuracy)",
+        "p5": "error (1 - 5th-percentile noisy accuracy)",
+        "clean": "error (1 - clean accuracy)",
+    }[objective]
     return plot_pareto(
-        [r.error for r in evaluated], [r.energy_nj for r in evaluated], [r.feasible for r in evaluated],
-        [r.number in front for r in evaluated], out / "pareto.png", title=title, error_label=label,
+        [r.error for r in evaluated],
+        [r.energy_nj for r in evaluated],
+        [r.feasible for r in evaluated],
+        [r.number in front for r in evaluated],
+        out / "pareto.png",
+        title=title,
+        error_label=label,
     )
 
 
 @app.command()
 def search(
-    config: Annotated[Optional[Path], typer.Option(help="Run configuration YAML (e.g. examples/digits_mzi.yaml).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (study.db, pareto.png, llm.db).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory to its budget.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="nsga2, random, regevo, optuna-nsga2, optuna-tpe, uhnas, llmatic, genius.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="Backend preset or YAML file.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a backend constant: key=value (repeatable).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="digits, mnist or fashion-mnist.")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Directory holding MNIST-style IDX files.")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0)] = None,
-    population: Annotated[Optional[int], typer.Option(min=2)] = None,
-    generations: Annotated[Optional[int], typer.Option(min=0)] = None,
-    offspring: Annotated[Optional[int], typer.Option(min=1)] = None,
-    objective: Annotated[Optional[str], typer.Option(help="mean, clean or p5: which accuracy the error objective uses.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    mc: Annotated[Optional[int], typer.Option(min=0, help="Monte-Carlo draws per candidate.")] = None,
-    noise_aware: Annotated[Optional[bool], typer.Option("--noise-aware/--no-noise-aware")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes (default: CPU cores).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(min=0.0, help="Seconds per candidate before it is killed.")] = None,
-    executor: Annotated[Optional[str], typer.Option(help="process, inline or ray.")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --executor ray).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
-    llm: Annotated[Optional[str], typer.Option(help="openai (any OpenAI-compatible server) or replay:<run dir>.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="LLM model name.")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1.")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help="Name of the environment variable holding the API key.")] = None,
-    llm_budget_tokens: Annotated[Optional[int], typer.Option(min=1, help="Stop the run cleanly at this many LLM tokens.")] = None,
-    llm_budget_usd: Annotated[Optional[float], typer.Option(min=0.0, help="Stop the run cleanly at this LLM cost.")] = None,
-    system_prompt: Annotated[Optional[str], typer.Option(help="hardware-aware, generic or minimal.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(min=0.0)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the final front and summary as JSON; no live display.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Run configuration YAML (e.g. examples/digits_mzi.yaml).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (study.db, pareto.png, llm.db).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory to its budget.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="nsga2, random, regevo, optuna-nsga2, optuna-tpe, uhnas, llmatic, genius.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="Backend preset or YAML file.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a backend constant: key=value (repeatable).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="digits, mnist or fashion-mnist.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Directory holding MNIST-style IDX files.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0)] = None,
+    population: Annotated[int | None, typer.Option(min=2)] = None,
+    generations: Annotated[int | None, typer.Option(min=0)] = None,
+    offspring: Annotated[int | None, typer.Option(min=1)] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="mean, clean or p5: which accuracy the error objective uses.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    mc: Annotated[int | None, typer.Option(min=0, help="Monte-Carlo draws per candidate.")] = None,
+    noise_aware: Annotated[bool | None, typer.Option("--noise-aware/--no-noise-aware")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: CPU cores).")] = None,
+    timeout: Annotated[float | None, typer.Option(min=0.0, help="Seconds per candidate before it is killed.")] = None,
+    executor: Annotated[str | None, typer.Option(help="process, inline or ray.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    llm: Annotated[str | None, typer.Option(help="openai (any OpenAI-compatible server) or replay:<run dir>.")] = None,
+    model: Annotated[str | None, typer.Option(help="LLM model name.")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Name of the environment variable holding the API key.")
+    ] = None,
+    llm_budget_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Stop the run cleanly at this many LLM tokens.")
+    ] = None,
+    llm_budget_usd: Annotated[
+        float | None, typer.Option(min=0.0, help="Stop the run cleanly at this LLM cost.")
+    ] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="hardware-aware, generic or minimal.")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0)] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final front and summary as JSON; no live display.")
+    ] = False,
 ) -> None:
     """Search architectures: NSGA-II (or another method) over accuracy under device noise and energy."""
     with cli_errors():
@@ -354,15 +465,39 @@ def search(
         from uhnas.store import RunStore
 
         flags = dict(
-            method=method, backend=backend, backend_set=set_, dataset=dataset, data_dir=data_dir, seed=seed,
-            population=population, generations=generations, offspring=offspring, objective=objective, epochs=epochs,
-            mc=mc, noise_aware=noise_aware, workers=workers, timeout=timeout, executor=executor, ray_address=ray_address,
-            device=device, llm=llm, model=model, base_url=base_url, api_key_env=api_key_env,
-            llm_budget_tokens=llm_budget_tokens, llm_budget_usd=llm_budget_usd, system_prompt=system_prompt, temperature=temperature,
+            method=method,
+            backend=backend,
+            backend_set=set_,
+            dataset=dataset,
+            data_dir=data_dir,
+            seed=seed,
+            population=population,
+            generations=generations,
+            offspring=offspring,
+            objective=objective,
+            epochs=epochs,
+            mc=mc,
+            noise_aware=noise_aware,
+            workers=workers,
+            timeout=timeout,
+            executor=executor,
+            ray_address=ray_address,
+            device=device,
+            llm=llm,
+            model=model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            llm_budget_tokens=llm_budget_tokens,
+            llm_budget_usd=llm_budget_usd,
+            system_prompt=system_prompt,
+            temperature=temperature,
         )
         if resume is not None:
             if config is not None or (out is not None and out != resume):
-                raise CLIError("--resume takes the run directory and its stored config; do not combine it with --config or another --out")
+                raise CLIError(
+                    "--resume takes the run directory and its stored config; do not combine it with --config "
+                    "or another --out"
+                )
             if not RunStore.exists(resume):
                 raise CLIError(f"{resume}: no run to resume (no study.db)")
             base, source, run_dir = RunStore.open(resume).metadata()["config"], f"{resume} (stored config)", resume
@@ -376,17 +511,23 @@ def search(
         else:
             from uhnas.report.live import LiveDisplay
 
-            console.print(f"[bold]uhnas search[/bold] {resolved.method} on {resolved.dataset} / {resolved.backend}: "
-                          f"{resolved.budget} evaluations → {run_dir}")
+            console.print(
+                f"[bold]uhnas search[/bold] {resolved.method} on {resolved.dataset} / {resolved.backend}: "
+                f"{resolved.budget} evaluations → {run_dir}"
+            )
             with LiveDisplay(console) as display:
                 result = run_search(resolved, run_dir, resume=resume is not None, progress=display)
-        plot = _write_plot(run_dir, result.records, f"{resolved.method} on {resolved.dataset} / {resolved.backend}", resolved.objective)
+        plot = _write_plot(
+            run_dir, result.records, f"{resolved.method} on {resolved.dataset} / {resolved.backend}", resolved.objective
+        )
         rows = _front_rows(result.front)
         if as_json:
             _print_json({"out": str(run_dir), "front": rows, "summary": result.summary, "pareto_png": str(plot)})
             return
         console.print(_front_table(rows, f"Pareto front ({len(rows)} of {len(result.records)} candidates)"))
-        console.print(f"hypervolume {result.hypervolume:.4f}; plot {plot}; dashboard: optuna-dashboard sqlite:///{run_dir}/study.db")
+        console.print(
+            f"hypervolume {result.hypervolume:.4f}; plot {plot}; dashboard: optuna-dashboard sqlite:///{run_dir}/study.db"
+        )
 
 
 def _open_run(out: Path) -> Any:
@@ -438,9 +579,11 @@ app.add_typer(prompts_app, name="prompts")
 
 @prompts_app.command("render")
 def prompts_render(
-    config: Annotated[Optional[Path], typer.Option(help="Run configuration YAML (backend, dataset, llm.system_prompt).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Run configuration YAML (backend, dataset, llm.system_prompt).")
+    ] = None,
     kind: Annotated[str, typer.Option(help="init, mutate, crossover, reflect, llmatic_mutate or genius.")] = "mutate",
-    system_prompt: Annotated[Optional[str], typer.Option(help="hardware-aware, generic or minimal.")] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="hardware-aware, generic or minimal.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The messages as JSON.")] = False,
 ) -> None:
     """Print what the model would see, with the config's backend and dataset and an example population."""
@@ -455,7 +598,12 @@ def prompts_render(
         context = example_context(architecture_schema())
         shape, classes = dataset_spec(resolved.dataset)
         context["backend"] = load_backend(resolved.backend, list(resolved.backend_overrides)).describe().to_dict()
-        context["task"] = {"dataset": resolved.dataset, "input_shape": list(shape), "num_classes": classes, "epochs": resolved.training.epochs}
+        context["task"] = {
+            "dataset": resolved.dataset,
+            "input_shape": list(shape),
+            "num_classes": classes,
+            "epochs": resolved.training.epochs,
+        }
         context["objective"] = resolved.objective
         variant = system_prompt or (resolved.llm.system_prompt if resolved.llm else None)
         messages = render_messages(kind, context, system_variant=variant)

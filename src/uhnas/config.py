@@ -53,7 +53,9 @@ class EvolutionConfig(_Section):
     crossover_prob: float = Field(default=0.9, ge=0, le=1)  # NSGA-II: share of offspring made by crossover
     max_attempts: int = Field(default=10, ge=1)  # proposals per slot before the slot is recorded as failed
     regevo_sample_size: int | None = Field(default=None, ge=2)  # regevo tournament size; None = max(2, population // 4)
-    regevo_energy_weight: float = Field(default=0.1, ge=0)  # regevo scalarisation: error + weight * log10(energy / reference)
+    regevo_energy_weight: float = Field(
+        default=0.1, ge=0
+    )  # regevo scalarisation: error + weight * log10(energy / reference)
 
 
 class LLMSection(_Section):
@@ -80,7 +82,9 @@ class LLMSection(_Section):
     budget_usd: float | None = Field(default=None, gt=0)
     system_prompt: Literal["hardware-aware", "generic", "minimal"] = "hardware-aware"
     max_repairs: int = Field(default=2, ge=0)  # repair turns after an invalid answer, per proposal
-    init_failures_before_fallback: int = Field(default=2, ge=1)  # failed LLM init slots before conventional init tops up
+    init_failures_before_fallback: int = Field(
+        default=2, ge=1
+    )  # failed LLM init slots before conventional init tops up
     shared_cache: str | None = None  # optional extra SQLite cache shared between runs
 
     @field_validator("provider")

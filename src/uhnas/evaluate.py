@@ -25,7 +25,8 @@ from uhnas.train import TrainConfig, train
 
 MC_ROWS_PER_CHUNK = 1 << 15  # draws x samples per realised forward pass: bounds memory of the MC evaluation
 MC_ROWS_PER_CHUNK_CPU = 1 << 12  # ... on a CPU: activations of a few MB are reused from the heap instead of being
-#   mapped afresh (page faults were ~10% of the example CNN's MC scoring at 1 << 15; 128 images x 32 draws measured best)
+#   mapped afresh (page faults were ~10% of the example CNN's MC scoring at 1 << 15;
+#   128 images x 32 draws measured best)
 P5 = 0.05  # the low quantile reported as `p5`
 
 
@@ -124,10 +125,21 @@ def evaluate(
 ) -> Evaluation:
     """Train and score one architecture on one backend (see module docstring)."""
     config = train_config or TrainConfig()
-    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir=data_dir, device=resolve_device(device))
+    data = (
+        dataset
+        if isinstance(dataset, Dataset)
+        else load_dataset(dataset, data_dir=data_dir, device=resolve_device(device))
+    )
     hw = load_backend(backend) if isinstance(backend, str) else backend
     key = arch_hash(arch)
-    result = Evaluation(arch_hash=key, backend=hw.name, dataset=data.name, epochs=config.epochs, seed=config.seed, noise_aware=noise_aware)
+    result = Evaluation(
+        arch_hash=key,
+        backend=hw.name,
+        dataset=data.name,
+        epochs=config.epochs,
+        seed=config.seed,
+        noise_aware=noise_aware,
+    )
     try:
         summary = analyze(arch, data.input_shape, data.num_classes)
     except ArchitectureError as error:
@@ -145,7 +157,11 @@ def evaluate(
         return result
 
     model = build(arch, data.input_shape, data.num_classes, seed=derive_seed(config.seed, key, "init")).to(data.device)
-    forward = _training_forward(hw, torch_generator(config.seed, key, "train-noise", device=data.device)) if noise_aware else None
+    forward = (
+        _training_forward(hw, torch_generator(config.seed, key, "train-noise", device=data.device))
+        if noise_aware
+        else None
+    )
     trained = train(model, data, config, forward=forward)
     result.accuracy, result.test_accuracy = trained.accuracy, trained.test_accuracy
     result.final_loss, result.train_seconds = trained.final_loss, trained.train_seconds
@@ -155,7 +171,9 @@ def evaluate(
     if mc > 0:
         start = time.perf_counter()
         model.eval()
-        realized = hw.realize(model, mc, torch_generator(config.seed, key, "mc", device=data.device))  # the same chips for both splits
+        realized = hw.realize(
+            model, mc, torch_generator(config.seed, key, "mc", device=data.device)
+        )  # the same chips for both splits
         result.noisy_accuracy = summarize_draws(noisy_accuracy(realized, data.x_val, data.y_val))
         result.noisy_test_accuracy = float(noisy_accuracy(realized, data.x_test, data.y_test).mean())
         result.mc_seconds = time.perf_counter() - start

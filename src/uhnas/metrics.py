@@ -188,9 +188,7 @@ def energy_range_decades(energies_nj: ArrayLike) -> float:
     return float(np.log10(e.max() / e.min()))
 
 
-def robustness_summary(
-    clean_acc: ArrayLike, noisy_mean_acc: ArrayLike, noisy_p5_acc: ArrayLike
-) -> dict[str, float]:
+def robustness_summary(clean_acc: ArrayLike, noisy_mean_acc: ArrayLike, noisy_p5_acc: ArrayLike) -> dict[str, float]:
     """Summarise accuracy lost to hardware non-idealities over a set of models.
 
     Returns ``mean_drop`` (mean of clean - noisy mean), ``max_drop``, ``mean_p5`` and ``min_p5``

@@ -188,7 +188,9 @@ def record_to_trial(record: TrialRecord) -> FrozenTrial:
     system_attrs: dict[str, Any] = {}
     if record.failed:
         system_attrs[FAIL_REASON_ATTR] = record.reason or "failed"
-        return optuna.trial.create_trial(state=TrialState.FAIL, user_attrs=_user_attrs(record), system_attrs=system_attrs)
+        return optuna.trial.create_trial(
+            state=TrialState.FAIL, user_attrs=_user_attrs(record), system_attrs=system_attrs
+        )
     system_attrs[CONSTRAINTS_ATTR] = [float(record.violation)]
     return optuna.trial.create_trial(
         state=TrialState.COMPLETE,
@@ -325,7 +327,9 @@ class RunStore:
         self._study_id = self._storage.get_study_id_from_name(study.study_name)
 
     @classmethod
-    def create(cls, out: str | Path, config: dict[str, Any], *, storage: str | None = None, study_name: str | None = None) -> RunStore:
+    def create(
+        cls, out: str | Path, config: dict[str, Any], *, storage: str | None = None, study_name: str | None = None
+    ) -> RunStore:
         """Create the run directory, write run.yaml and create the study with objective names and directions."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +342,9 @@ class RunStore:
                 study = optuna.create_study(storage=rdb, study_name=name, directions=list(DIRECTIONS))
                 study.set_metric_names(list(OBJECTIVE_NAMES))
         except optuna.exceptions.DuplicatedStudyError:
-            raise StoreError(f"storage {url} already has a study named {name!r}; resume it or choose another study_name") from None
+            raise StoreError(
+                f"storage {url} already has a study named {name!r}; resume it or choose another study_name"
+            ) from None
         store = cls(study, rdb, out, url)
         store.set("config", config)
         return store

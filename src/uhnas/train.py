@@ -183,7 +183,9 @@ class _FusedAdam:
 
     def __call__(self, loss: Tensor) -> None:
         """Backpropagate `loss` and apply one Adam update."""
-        grads = tuple(_in_layout_of(g, p) for g, p in zip(torch.autograd.grad(loss, self.params, allow_unused=True), self.params))
+        grads = tuple(
+            _in_layout_of(g, p) for g, p in zip(torch.autograd.grad(loss, self.params, allow_unused=True), self.params)
+        )
         if all(g is not None for g in grads):
             _fused_adam_update(self.params, list(grads), self.exp_avgs, self.exp_avg_sqs, self.steps, self)
             return

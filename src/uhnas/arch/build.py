@@ -149,7 +149,8 @@ class MatMul(nn.Module):
         # view of that, vectors ordered (output pixel, image) within a draw (a program maps each row on its own)
         padded = x.new_zeros((channels, x_draws, height + 2 * padding, width + 2 * padding, per_draw))
         padded[:, :, padding : padding + height, padding : padding + width] = x.reshape(
-            x_draws, per_draw, channels, height, width).permute(2, 0, 3, 4, 1)
+            x_draws, per_draw, channels, height, width
+        ).permute(2, 0, 3, 4, 1)
         windows = padded.unfold(2, kernel, stride).unfold(3, kernel, stride)  # (C, draws, h_out, w_out, B, k, k)
         cols = windows.permute(0, 5, 6, 1, 2, 3, 4).reshape(channels * kernel * kernel, x_draws, -1)
         out = self.program(cols.permute(1, 2, 0).expand(self.draws, -1, -1))  # (draws, h_out w_out B, out_channels)
@@ -184,7 +185,9 @@ def build(arch: Architecture, input_shape: Shape, num_classes: int, *, seed: int
             if isinstance(layer, Linear):
                 modules.append(MatMul(nn.Linear(shape[0], layer.out_features, bias=layer.bias), index))
             elif isinstance(layer, Conv2d):
-                conv = nn.Conv2d(shape[0], layer.out_channels, layer.kernel, layer.stride, layer.padding, bias=layer.bias)
+                conv = nn.Conv2d(
+                    shape[0], layer.out_channels, layer.kernel, layer.stride, layer.padding, bias=layer.bias
+                )
                 modules.append(MatMul(conv, index))
             elif isinstance(layer, MaxPool):
                 modules.append(FastMaxPool2d(layer.kernel, layer.stride or layer.kernel))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -104,10 +104,19 @@ class Dropout(_Layer):
 
 
 Layer = Annotated[
-    Union[Linear, Conv2d, MaxPool, AvgPool, Flatten, Activation, BatchNorm, Dropout],
+    Linear | Conv2d | MaxPool | AvgPool | Flatten | Activation | BatchNorm | Dropout,
     Field(discriminator="type"),
 ]
-LAYER_TYPES: tuple[str, ...] = ("linear", "conv2d", "maxpool", "avgpool", "flatten", "activation", "batchnorm", "dropout")
+LAYER_TYPES: tuple[str, ...] = (
+    "linear",
+    "conv2d",
+    "maxpool",
+    "avgpool",
+    "flatten",
+    "activation",
+    "batchnorm",
+    "dropout",
+)
 
 
 class Architecture(BaseModel):
@@ -166,7 +175,9 @@ def parse_architecture_json(text: str, source: str = "architecture") -> Architec
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ArchitectureError(f"{source}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+        raise ArchitectureError(
+            f"{source}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None
     try:
         return parse_architecture(data)
     except ArchitectureError as error:

@@ -124,7 +124,8 @@ def analyze(arch: Architecture, input_shape: Shape, num_classes: int) -> ArchSum
             channels, height, width = shape
             if layer.kernel > min(height, width) + 2 * layer.padding:
                 raise ArchitectureError(
-                    f"{where}: kernel {layer.kernel} is larger than the padded input {height + 2 * layer.padding}x{width + 2 * layer.padding}"
+                    f"{where}: kernel {layer.kernel} is larger than the padded input "
+                    f"{height + 2 * layer.padding}x{width + 2 * layer.padding}"
                 )
             h_out = _pool_out(height, layer.kernel, layer.stride, layer.padding)
             w_out = _pool_out(width, layer.kernel, layer.stride, layer.padding)
@@ -132,7 +133,19 @@ def analyze(arch: Architecture, input_shape: Shape, num_classes: int) -> ArchSum
             out_c = layer.out_channels
             params = out_c * cols + (out_c if layer.bias else 0)
             pixels = h_out * w_out
-            infos.append(LayerInfo(index, layer.type, (out_c, h_out, w_out), params, out_c * cols * pixels, 0, (out_c, cols), pixels, in_numel))
+            infos.append(
+                LayerInfo(
+                    index,
+                    layer.type,
+                    (out_c, h_out, w_out),
+                    params,
+                    out_c * cols * pixels,
+                    0,
+                    (out_c, cols),
+                    pixels,
+                    in_numel,
+                )
+            )
             shape = (out_c, h_out, w_out)
         elif isinstance(layer, (MaxPool, AvgPool)):
             if len(shape) != 3:
@@ -142,7 +155,9 @@ def analyze(arch: Architecture, input_shape: Shape, num_classes: int) -> ArchSum
             if layer.kernel > min(height, width):
                 raise ArchitectureError(f"{where}: kernel {layer.kernel} is larger than the input {height}x{width}")
             new = (channels, _pool_out(height, layer.kernel, stride), _pool_out(width, layer.kernel, stride))
-            infos.append(LayerInfo(index, layer.type, new, 0, 0, _numel(new) * layer.kernel * layer.kernel, None, 0, in_numel))
+            infos.append(
+                LayerInfo(index, layer.type, new, 0, 0, _numel(new) * layer.kernel * layer.kernel, None, 0, in_numel)
+            )
             shape = new
         elif isinstance(layer, Flatten):
             if len(shape) == 1:

@@ -37,7 +37,13 @@ class Violation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"constraint": self.constraint, "limit": self.limit, "actual": self.actual, "unit": self.unit, "amount": self.amount}
+        return {
+            "constraint": self.constraint,
+            "limit": self.limit,
+            "actual": self.actual,
+            "unit": self.unit,
+            "amount": self.amount,
+        }
 
 
 def total_violation(violations: list[Violation]) -> float:
@@ -56,7 +62,9 @@ class EnergyReport:
     def __post_init__(self) -> None:
         for key, value in self.breakdown_nj.items():
             if not math.isfinite(value):  # a constant far beyond any device's range overflowed the model
-                raise ValueError(f"energy component {key!r} is {value} nJ: a backend constant is out of any device's range")
+                raise ValueError(
+                    f"energy component {key!r} is {value} nJ: a backend constant is out of any device's range"
+                )
 
     @property
     def total_nj(self) -> float:
@@ -134,4 +142,3 @@ class Backend(Protocol):
     def training_programs(self, model: Network, generator: torch.Generator) -> dict[int, Program] | None:
         """Differentiable one-draw programs for noise-aware training, or None if the device is noise-free."""
         ...
-

@@ -42,7 +42,10 @@ def _program(layer: MatMul, precision: str, differentiable: bool) -> Program:
     def run(rows: Tensor) -> Tensor:
         weight, x = layer.matrix(), rows
         if differentiable:
-            weight, x = straight_through(weight, round_to(weight, precision)), straight_through(x, round_to(x, precision))
+            weight, x = (
+                straight_through(weight, round_to(weight, precision)),
+                straight_through(x, round_to(x, precision)),
+            )
         else:
             weight, x = round_to(weight, precision), round_to(x, precision)
         out = torch.matmul(x, weight.T)
@@ -68,7 +71,13 @@ class DigitalBackend:
             family="digital",
             precision=self.params.precision,
             description=self.preset.description,
-            models=("compute energy per MAC", "elementwise ops", "weight memory traffic", "activation memory traffic", f"{self.params.precision} rounding"),
+            models=(
+                "compute energy per MAC",
+                "elementwise ops",
+                "weight memory traffic",
+                "activation memory traffic",
+                f"{self.params.precision} rounding",
+            ),
             constants=self.preset.card_constants(),
         )
 
@@ -94,12 +103,18 @@ class DigitalBackend:
         return EnergyReport(
             breakdown_nj=breakdown,
             latency_ns=summary.macs / p.peak_macs_per_s * 1e9,
-            assumptions={"batch": p.batch, "precision": p.precision, "latency": "MACs at peak throughput (ideal utilisation)"},
+            assumptions={
+                "batch": p.batch,
+                "precision": p.precision,
+                "latency": "MACs at peak throughput (ideal utilisation)",
+            },
         )
 
     def realize(self, model: Network, draws: int, generator: torch.Generator) -> RealizedModel:
         """The network with weights and activations rounded to the backend's precision."""
-        programs = {layer.index: _program(layer, self.params.precision, differentiable=False) for layer in model.matmuls()}
+        programs = {
+            layer.index: _program(layer, self.params.precision, differentiable=False) for layer in model.matmuls()
+        }
         return RealizedModel(model, programs, draws)
 
     def training_programs(self, model: Network, generator: torch.Generator) -> dict[int, Program] | None:

@@ -14,7 +14,9 @@ BYTES_PER_VALUE: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 def quantize_symmetric(x: Tensor, bits: int, full_scale: Tensor | float | None = None) -> Tensor:
     """Uniform symmetric quantisation to `bits` bits over [-full_scale, full_scale] (default max |x|)."""
     levels = 2 ** (bits - 1) - 1
-    scale = x.detach().abs().amax() if full_scale is None else torch.as_tensor(full_scale, dtype=x.dtype, device=x.device)
+    scale = (
+        x.detach().abs().amax() if full_scale is None else torch.as_tensor(full_scale, dtype=x.dtype, device=x.device)
+    )
     scale = torch.clamp(scale, min=torch.finfo(x.dtype).tiny) / levels
     return torch.clamp(torch.round(x / scale), -levels, levels) * scale
 

@@ -135,7 +135,9 @@ def apply_overrides(preset: Preset, overrides: Iterable[str] | dict[str, Any]) -
     constants = dict(preset.constants)
     for key, value in pairs:
         if key not in constants:
-            raise BackendError(f"backend {preset.name!r} has no constant {key!r}; known: {', '.join(sorted(constants))}")
+            raise BackendError(
+                f"backend {preset.name!r} has no constant {key!r}; known: {', '.join(sorted(constants))}"
+            )
         constants[key] = Constant(value=value, unit=constants[key].unit, source=OVERRIDE_SOURCE)
     return preset.model_copy(update={"constants": constants})
 
@@ -156,7 +158,10 @@ def load_backend(spec: str, overrides: Iterable[str] | dict[str, Any] = ()) -> B
     preset = apply_overrides(load_preset(spec), overrides)
     family = families().get(preset.family)
     if family is None:
-        raise BackendError(f"backend {preset.name!r} needs family {preset.family!r}, which is not installed; installed: {', '.join(sorted(families()))}")
+        raise BackendError(
+            f"backend {preset.name!r} needs family {preset.family!r}, which is not installed; installed: "
+            f"{', '.join(sorted(families()))}"
+        )
     return family.build(preset)
 
 

@@ -21,7 +21,14 @@ IDEAL_ATOL = 1e-4  # absolute tolerance on logits in the ideal limit (float32 ar
 
 
 def _mlp(width: int) -> dict:
-    return {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": width}, {"type": "activation", "function": "relu"}, {"type": "linear", "out_features": NUM_CLASSES}]}
+    return {
+        "layers": [
+            {"type": "flatten"},
+            {"type": "linear", "out_features": width},
+            {"type": "activation", "function": "relu"},
+            {"type": "linear", "out_features": NUM_CLASSES},
+        ]
+    }
 
 
 CNN = {
@@ -118,7 +125,9 @@ def check_training_programs(backend: Backend) -> None:
     x = torch.randn(4, *INPUT_SHAPE, generator=_generator(3))
     forward_draws(model, programs, 1, x).sum().backward()
     for layer in model.matmuls():
-        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all(), f"no gradient reaches layer {layer.index}"
+        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all(), (
+            f"no gradient reaches layer {layer.index}"
+        )
 
 
 def assert_conforms(backend: Backend, ideal: Backend | None = None) -> None:

@@ -336,7 +336,7 @@ class ResponseCache:
         if self._source is not None:
             self._source.close()
 
-    def __enter__(self) -> "ResponseCache":
+    def __enter__(self) -> ResponseCache:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,8 +13,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, NoReturn, Sequence
+from typing import Any, Literal, NoReturn
 
 import openai
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -77,7 +78,7 @@ class LLMConfig(BaseModel):
     budget_usd: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _usd_budget_needs_prices(self) -> "LLMConfig":
+    def _usd_budget_needs_prices(self) -> LLMConfig:
         """A USD budget is only enforceable with a price table."""
         if self.budget_usd is not None and self.price is None:
             raise ValueError("budget_usd needs a price table (price: {prompt_usd_per_mtok, completion_usd_per_mtok})")
@@ -172,7 +173,7 @@ class Usage:
         self.by_purpose.setdefault(purpose, Tally()).add(**counts)
 
     @classmethod
-    def from_log(cls, rows: Sequence[tuple[str, bool, int, int, int, int]], price: PriceTable | None) -> "Usage":
+    def from_log(cls, rows: Sequence[tuple[str, bool, int, int, int, int]], price: PriceTable | None) -> Usage:
         """Rebuild usage from CallLog.tallies() rows, so a resumed run continues its totals."""
         usage = cls(price=price)
         for purpose, cached, calls, failed, prompt, completion in rows:
@@ -378,7 +379,7 @@ class LLMClient:
             self._sdk_client.close()
             self._sdk_client = None
 
-    def __enter__(self) -> "LLMClient":
+    def __enter__(self) -> LLMClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

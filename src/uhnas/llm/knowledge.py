@@ -121,12 +121,12 @@ class KnowledgeBase:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "KnowledgeBase":
+    def from_dict(cls, data: dict[str, Any]) -> KnowledgeBase:
         """Rebuild a base stored with to_dict()."""
         return cls(int(data["max_items"]), int(data["max_chars"]), data.get("heuristics", []))
 
     @classmethod
-    def from_json(cls, text: str) -> "KnowledgeBase":
+    def from_json(cls, text: str) -> KnowledgeBase:
         """Rebuild a base stored with to_json()."""
         data = json.loads(text)
         if not isinstance(data, dict):

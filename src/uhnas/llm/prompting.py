@@ -529,8 +529,14 @@ def example_context(schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "energy_components_hint": "The laser dominates: its power grows with the insertion loss of the mesh "
         "(2K+1 MZIs per path) and is paid every cycle a layer computes, so energy scales with matrix size times "
         "reuse (conv output pixels). DAC/ADC conversions at every layer boundary come next.",
-        "limits": {"max_layers": 32, "max_width": 2048, "max_channels": 256, "max_kernel": 7,
-                   "max_params": 5_000_000, "max_macs": 200_000_000},  # fmt: skip
+        "limits": {
+            "max_layers": 32,
+            "max_width": 2048,
+            "max_channels": 256,
+            "max_kernel": 7,
+            "max_params": 5_000_000,
+            "max_macs": 200_000_000,
+        },  # fmt: skip
         "schema": dict(schema) if schema is not None else _EXAMPLE_SCHEMA,
         "front": front,
         "recent": recent,

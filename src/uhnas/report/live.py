@@ -27,7 +27,14 @@ class LiveDisplay:
         self.console = console
         self.progress = Progress(TextColumn("evaluations"), BarColumn(), MofNCompleteColumn(), console=console)
         self.task = self.progress.add_task("evaluations", total=1)
-        self.state: dict[str, Any] = {"generation": "–", "failures": 0, "hypervolume": 0.0, "front": 0, "eta": None, "last": ""}
+        self.state: dict[str, Any] = {
+            "generation": "–",
+            "failures": 0,
+            "hypervolume": 0.0,
+            "front": 0,
+            "eta": None,
+            "last": "",
+        }
         self.started = time.monotonic()
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
 
@@ -62,7 +69,10 @@ class LiveDisplay:
                 s["failures"] += 1
                 s["last"] = f"[red]candidate {record.generation}.{record.slot} failed:[/red] {record.reason}"
             else:
-                s["last"] = f"candidate {record.generation}.{record.slot}: error {record.error:.4f}, {record.energy_nj:.4g} nJ ({record.operator})"
+                s["last"] = (
+                    f"candidate {record.generation}.{record.slot}: error {record.error:.4f}, "
+                    f"{record.energy_nj:.4g} nJ ({record.operator})"
+                )
         elif isinstance(event, GenerationDone):
             s.update(hypervolume=event.hypervolume, front=event.front_size, eta=event.eta_s, failures=event.failures)
         elif isinstance(event, RunFinished):

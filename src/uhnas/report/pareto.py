@@ -25,7 +25,11 @@ def plot_pareto(
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     groups = [
-        ("feasible", [f and not p for f, p in zip(feasible, on_front)], dict(color="tab:blue", alpha=0.45, s=18, marker="o")),
+        (
+            "feasible",
+            [f and not p for f, p in zip(feasible, on_front)],
+            dict(color="tab:blue", alpha=0.45, s=18, marker="o"),
+        ),
         ("infeasible", [not f for f in feasible], dict(color="tab:red", alpha=0.6, s=26, marker="x")),
         ("Pareto front", list(on_front), dict(color="tab:green", s=42, marker="D", edgecolors="black", linewidths=0.5)),
     ]

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import uhnas
 from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, structural_distance, to_json
@@ -47,7 +47,13 @@ from uhnas.hardware.base import Backend, BackendCard
 from uhnas.hardware.registry import load_backend
 from uhnas.llm.errors import LLMError
 from uhnas.llm.propose import ProposalFailed
-from uhnas.metrics import DEFAULT_ENERGY_MARGIN_DECADES, energy_range_decades, mean_pairwise_distance, reference_point, robustness_summary
+from uhnas.metrics import (
+    DEFAULT_ENERGY_MARGIN_DECADES,
+    energy_range_decades,
+    mean_pairwise_distance,
+    reference_point,
+    robustness_summary,
+)
 from uhnas.search.jobs import EvalSettings, Executor, Job, JobResult
 from uhnas.search.methods import METHODS, MethodSetup, SearchMethod, make_method, method_names
 from uhnas.search.operators.base import OperatorContext, Proposal
@@ -58,8 +64,15 @@ from uhnas.store import RunStore, TrialRecord, feasible_front, front_hypervolume
 JOB_ID_STRIDE = 1_000_000  # a job's id is generation * JOB_ID_STRIDE + slot (stable across resumes)
 RECENT = 16  # candidates shown to operators as `recent`
 RESUME_EXEMPT = (  # config keys that may change on resume (where and how, not what)
-    "executor.", "storage", "study_name",
-    "llm.budget_tokens", "llm.budget_usd", "llm.base_url", "llm.api_key_env", "llm.timeout_s", "llm.max_retries",
+    "executor.",
+    "storage",
+    "study_name",
+    "llm.budget_tokens",
+    "llm.budget_usd",
+    "llm.base_url",
+    "llm.api_key_env",
+    "llm.timeout_s",
+    "llm.max_retries",
 )
 REFERENCE_SAMPLE = 256  # fixed random draws of the initializer that bound the space's energy (hv_reference)
 
@@ -146,7 +159,7 @@ class RunFinished:
     kind: str = "run_finished"
 
 
-Event = Union[RunStarted, GenerationStarted, CandidateDone, GenerationDone, RunFinished]
+Event = RunStarted | GenerationStarted | CandidateDone | GenerationDone | RunFinished
 ProgressCallback = Callable[[Event], None]
 
 
@@ -185,15 +198,28 @@ def reference_architectures(input_shape: tuple[int, ...], num_classes: int, card
     with its depth), so fixed draws of the random initializer (streams independent of the run seed: every method
     and seed on a backend and dataset gets the same reference) cover the rest of the space.
     """
-    hidden = [layer for _ in range(MAX_MATMULS - 1) for layer in (Linear(type="linear", out_features=WIDTHS[-1]), Activation(type="activation", function="relu"))]
+    hidden = [
+        layer
+        for _ in range(MAX_MATMULS - 1)
+        for layer in (Linear(type="linear", out_features=WIDTHS[-1]), Activation(type="activation", function="relu"))
+    ]
     head = [Linear(type="linear", out_features=num_classes)]
     mlp = Architecture(layers=([Flatten(type="flatten")] if len(input_shape) == 3 else []) + hidden + head)
     archs = [mlp]
     if len(input_shape) == 3:
-        convs = [layer for _ in range(3) for layer in (Conv2d(type="conv2d", out_channels=CHANNELS[-1], kernel=5, padding=2), Activation(type="activation", function="relu"))]
+        convs = [
+            layer
+            for _ in range(3)
+            for layer in (
+                Conv2d(type="conv2d", out_channels=CHANNELS[-1], kernel=5, padding=2),
+                Activation(type="activation", function="relu"),
+            )
+        ]
         dense = hidden[: 2 * (MAX_MATMULS - 4)]
         for pools in range(4):  # as few 2x2 pools as the parameter limit allows
-            cnn = Architecture(layers=convs + [MaxPool(type="maxpool", kernel=2)] * pools + [Flatten(type="flatten")] + dense + head)
+            cnn = Architecture(
+                layers=convs + [MaxPool(type="maxpool", kernel=2)] * pools + [Flatten(type="flatten")] + dense + head
+            )
             try:
                 analyze(cnn, input_shape, num_classes)
             except ArchitectureError:
@@ -201,9 +227,24 @@ def reference_architectures(input_shape: tuple[int, ...], num_classes: int, card
             archs.append(cnn)
             break
     context = OperatorContext(
-        generation=0, slot=0, attempt=0, rng=numpy_rng("hv-reference"), seed=0, dataset="", input_shape=input_shape,
-        num_classes=num_classes, backend=card, objective="mean", population=(), front=(), recent=(), history=(),
-        is_known=lambda key: False, generations=0, offspring=0, population_size=0,
+        generation=0,
+        slot=0,
+        attempt=0,
+        rng=numpy_rng("hv-reference"),
+        seed=0,
+        dataset="",
+        input_shape=input_shape,
+        num_classes=num_classes,
+        backend=card,
+        objective="mean",
+        population=(),
+        front=(),
+        recent=(),
+        history=(),
+        is_known=lambda key: False,
+        generations=0,
+        offspring=0,
+        population_size=0,
     )
     for draw in range(REFERENCE_SAMPLE):
         archs.append(random_architecture(context.with_attempt(0, draw, numpy_rng("hv-reference", draw), ())))
@@ -322,7 +363,9 @@ def finish_record(template: TrialRecord, result: JobResult, objective: str) -> T
 # ----------------------------------------------------------------------------- summary
 
 
-def run_summary(history: Sequence[TrialRecord], population: Sequence[TrialRecord], reference: Sequence[float]) -> dict[str, Any]:
+def run_summary(
+    history: Sequence[TrialRecord], population: Sequence[TrialRecord], reference: Sequence[float]
+) -> dict[str, Any]:
     """Final metrics: counts, hypervolume, diversity of population and front, robustness of the front."""
     front = feasible_front(history)
     evaluated = [r for r in history if not r.failed]
@@ -364,7 +407,10 @@ def _check_resumable(out: Path, old: dict[str, Any], new: dict[str, Any]) -> Non
     if "generations" in diffs and int(new.get("generations", 0)) >= int(old.get("generations", 0)):
         diffs.remove("generations")
     if diffs:
-        raise SearchError(f"{out}: cannot resume with a different configuration: {', '.join(diffs)} differ (only generations may grow)")
+        raise SearchError(
+            f"{out}: cannot resume with a different configuration: {', '.join(diffs)} differ (only generations "
+            "may grow)"
+        )
 
 
 def eval_settings(config: RunConfig) -> EvalSettings:
@@ -524,7 +570,10 @@ class _Search:
             self.store.set("seed", c.seed)
             self.store.set("method", c.method)
             self.store.set("objective_names", ["error", "energy_nj"])
-            self.store.set("objective", {"error": f"1 - {c.objective} validation accuracy", "energy_nj": "energy per inference, nJ"})
+            self.store.set(
+                "objective",
+                {"error": f"1 - {c.objective} validation accuracy", "energy_nj": "energy per inference, nJ"},
+            )
             self.store.set("hv_reference", ref)  # last: its presence marks complete metadata
         self.store.set("config", c.to_dict())
         self.store.write_run_file(c.to_dict())
@@ -532,7 +581,9 @@ class _Search:
         self.store.set("finished", False)
         self.settings = eval_settings(c)
         if self.method is None:
-            self.method = make_method(c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference, self.out))  # type: ignore[arg-type]
+            self.method = make_method(
+                c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference, self.out)
+            )  # type: ignore[arg-type]
         self.stored = {(r.generation, r.slot): r for r in self.store.records()}
         self.log = {int(e["generation"]): e for e in self.store.generation_log()}
         self.prior_elapsed = float(meta.get("elapsed_s", 0.0))
@@ -559,7 +610,12 @@ class _Search:
             if choice.proposal is None or choice.key is None:
                 last = choice.rejected[-1] if choice.rejected else "no proposal"
                 record = TrialRecord(
-                    generation=g, slot=slot, state="FAIL", attempt=choice.attempt, rejected=choice.rejected, seed=c.seed,
+                    generation=g,
+                    slot=slot,
+                    state="FAIL",
+                    attempt=choice.attempt,
+                    rejected=choice.rejected,
+                    seed=c.seed,
                     reason=f"no valid new architecture after {choice.attempt} attempts; last: {last}",
                 )
                 records[slot] = self.store_record(record)
@@ -567,9 +623,17 @@ class _Search:
             self.known[choice.key] = (g, slot)
             p = choice.proposal
             templates[g * JOB_ID_STRIDE + slot] = TrialRecord(
-                generation=g, slot=slot, operator=p.operator, parents=tuple(p.parents), rationale=p.rationale,
-                metadata=dict(p.metadata), arch=p.arch.model_dump(mode="json"), hash=choice.key,
-                attempt=choice.attempt, rejected=choice.rejected, seed=c.seed,
+                generation=g,
+                slot=slot,
+                operator=p.operator,
+                parents=tuple(p.parents),
+                rationale=p.rationale,
+                metadata=dict(p.metadata),
+                arch=p.arch.model_dump(mode="json"),
+                hash=choice.key,
+                attempt=choice.attempt,
+                rejected=choice.rejected,
+                seed=c.seed,
             )
             jobs.append(Job(g * JOB_ID_STRIDE + slot, to_json(p.arch, indent=None), self.settings))
             costs[g * JOB_ID_STRIDE + slot] = estimated_cost(p.arch, self.input_shape, self.num_classes)
@@ -611,7 +675,7 @@ class _Search:
         for result in results:  # executors that return results without calling back
             if result.job_id in templates:
                 on_result(result)
-        for job_id, template in list(templates.items()):
+        for job_id in list(templates):
             failed = JobResult(job_id, None, True, "the executor returned no result")
             on_result(failed)
 
@@ -641,22 +705,48 @@ class _Search:
         }
         self.store.set_generation(g, entry)
         self.log[g] = entry
-        history = [{k: self.log[i][k] for k in ("generation", "evaluations", "hypervolume", "front_size")} for i in sorted(self.log)]
+        history = [
+            {k: self.log[i][k] for k in ("generation", "evaluations", "hypervolume", "front_size")}
+            for i in sorted(self.log)
+        ]
         self.store.set("hv_history", history)
         self.store.set("elapsed_s", round(elapsed, 3))
-        self.emit(GenerationDone(
-            g, c.generations, hv, len(front), len(self.population), self.done, c.budget,
-            sum(r.failed for r in self.history), self.elapsed(), self.eta(), self.engine_seconds(),
-        ))
+        self.emit(
+            GenerationDone(
+                g,
+                c.generations,
+                hv,
+                len(front),
+                len(self.population),
+                self.done,
+                c.budget,
+                sum(r.failed for r in self.history),
+                self.elapsed(),
+                self.eta(),
+                self.engine_seconds(),
+            )
+        )
 
     # -- the whole run
 
     def run(self) -> RunResult:
         c = self.config
-        self.emit(RunStarted(
-            c.method, str(self.out), c.budget, self.done, c.population, c.generations, c.offspring, self.resumed,
-            self.card.name, c.dataset, c.seed, self.reference,  # type: ignore[arg-type]
-        ))
+        self.emit(
+            RunStarted(
+                c.method,
+                str(self.out),
+                c.budget,
+                self.done,
+                c.population,
+                c.generations,
+                c.offspring,
+                self.resumed,
+                self.card.name,
+                c.dataset,
+                c.seed,
+                self.reference,  # type: ignore[arg-type]
+            )
+        )
         for g in range(c.generations + 1):
             self.generation(g)
         summary = run_summary(self.history, self.population, self.reference)
@@ -665,10 +755,18 @@ class _Search:
         self.store.set("summary", summary)
         self.store.set("finished", True)
         self.store.set("elapsed_s", summary["elapsed_s"])
-        self.emit(RunFinished(summary["hypervolume"], self.done, c.budget, self.elapsed(), self.engine_seconds(), summary))
+        self.emit(
+            RunFinished(summary["hypervolume"], self.done, c.budget, self.elapsed(), self.engine_seconds(), summary)
+        )
         return RunResult(
-            self.out, list(self.history), list(self.population), feasible_front(self.history),
-            summary["hypervolume"], summary, self.elapsed(), self.engine_seconds(),
+            self.out,
+            list(self.history),
+            list(self.population),
+            feasible_front(self.history),
+            summary["hypervolume"],
+            summary,
+            self.elapsed(),
+            self.engine_seconds(),
         )
 
 
@@ -714,7 +812,9 @@ def run_search(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m uhnas.search.engine CONFIG OUT [--resume] [key=value ...]`: a search without any output."""
-    parser = argparse.ArgumentParser(prog="python -m uhnas.search.engine", description="Run a uhnas search (no output; see the store).")
+    parser = argparse.ArgumentParser(
+        prog="python -m uhnas.search.engine", description="Run a uhnas search (no output; see the store)."
+    )
     parser.add_argument("config")
     parser.add_argument("out")
     parser.add_argument("overrides", nargs="*", help="key.path=value")

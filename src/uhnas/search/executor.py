@@ -1,8 +1,8 @@
 """Executors that evaluate jobs in isolated workers: local processes with hard limits, or Ray tasks.
 
 `ProcessExecutor` keeps long-lived worker processes (forked from a forkserver that imported torch
-once, or spawned) and sends them jobs over pipes. A job that runs past its wall-clock timeout, grows past the memory limit or kills
-its worker comes back failed with the reason, and a replacement worker is started; the run goes on.
+once, or spawned) and sends them jobs over pipes. A job that runs past its wall-clock timeout, grows past the memory
+limit or kills its worker comes back failed with the reason, and a replacement worker is started; the run goes on.
 `RayExecutor` runs the same job function as Ray remote tasks with per-candidate resources.
 `make_executor` builds either (or the in-process `InlineExecutor`) from configuration values.
 
@@ -173,7 +173,9 @@ def call_job_fn(fn: JobFn, job: Job) -> JobResult:
         tail = traceback.format_exc().strip().splitlines()[-6:]
         return failed_result(job_id_of(job), reason, time.perf_counter() - start, {"traceback": tail})
     if not isinstance(result, JobResult):
-        return failed_result(job_id_of(job), f"job function returned {type(result).__name__}, not JobResult", time.perf_counter() - start)
+        return failed_result(
+            job_id_of(job), f"job function returned {type(result).__name__}, not JobResult", time.perf_counter() - start
+        )
     return result
 
 
@@ -376,7 +378,10 @@ class ProcessExecutor:
             raise ValueError(f"memory_limit_mb must be positive (0 disables the limit), got {memory_limit_mb}")
         start_method = start_method or default_start_method()
         if start_method not in ("spawn", "forkserver"):
-            raise ValueError(f"start_method must be 'spawn' or 'forkserver' (fork is unsafe once torch is loaded), got {start_method!r}")
+            raise ValueError(
+                "start_method must be 'spawn' or 'forkserver' (fork is unsafe once torch is loaded), got "
+                f"{start_method!r}"
+            )
         cores = available_cores()
         self.workers = workers or cores
         self.timeout_s = timeout_s
@@ -387,7 +392,9 @@ class ProcessExecutor:
         self.job_fn = job_fn_path(job_fn)
         self.preload = tuple(preload)
         self._context = get_context(start_method)
-        if start_method == "forkserver":  # workers fork from a server that imported these once (if it is not running yet)
+        if (
+            start_method == "forkserver"
+        ):  # workers fork from a server that imported these once (if it is not running yet)
             self._context.set_forkserver_preload([__name__, *self.preload])
         self._pool: list[_Worker] = []
         self._closed = False
@@ -428,7 +435,9 @@ class ProcessExecutor:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         # PR_SET_PDEATHSIG fires when the forking *thread* ends, and a forkserver outlives its workers: only
         # spawned workers forked from the main thread use it
-        use_pdeathsig = self._context.get_start_method() == "spawn" and threading.current_thread() is threading.main_thread()
+        use_pdeathsig = (
+            self._context.get_start_method() == "spawn" and threading.current_thread() is threading.main_thread()
+        )
         process = self._context.Process(
             target=_worker_main,
             args=(child_conn, self.job_fn, self.preload, self.torch_threads, self.memory_limit_mb, use_pdeathsig),
@@ -508,7 +517,9 @@ class ProcessExecutor:
             rss = resident_mb(worker.process.pid)
             if rss is not None and rss > self.memory_limit_mb:
                 self._replace(worker)
-                return failed_result(job_id_of(job), memory_reason(self.memory_limit_mb), elapsed, {"rss_mb": round(rss, 1)})
+                return failed_result(
+                    job_id_of(job), memory_reason(self.memory_limit_mb), elapsed, {"rss_mb": round(rss, 1)}
+                )
         return None
 
     def _next_wakeup(self) -> float | None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
-
 @dataclass(frozen=True)
 class EvalSettings:
     """How every candidate of a run is evaluated (shared by all jobs of the run)."""
@@ -86,11 +85,20 @@ def run_job(job: Job) -> JobResult:
 
             torch.set_num_threads(s.torch_threads)
         arch = parse_architecture_json(job.arch_json, source=f"candidate {job.job_id}")
-        config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, seed=s.seed)
+        config = TrainConfig(
+            epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, seed=s.seed
+        )
         backend = load_backend(s.backend, list(s.backend_overrides))
         evaluation = evaluate(
-            arch, s.dataset, backend, train_config=config, mc=s.mc, noise_aware=s.noise_aware,
-            device=s.device, data_dir=s.data_dir, train_infeasible=s.train_infeasible,
+            arch,
+            s.dataset,
+            backend,
+            train_config=config,
+            mc=s.mc,
+            noise_aware=s.noise_aware,
+            device=s.device,
+            data_dir=s.data_dir,
+            train_infeasible=s.train_infeasible,
         )
     except ArchitectureError as error:
         return JobResult(job.job_id, None, True, f"invalid architecture: {error}", time.perf_counter() - start)

@@ -198,8 +198,15 @@ class _LLMMethod:
         """The operator's notes (uhnas) or None, with the LLM usage so far."""
         note = self._reflect(context)
         usage = self.operator.client.usage.total
-        note = {**(note or {}), "llm_usage": {"calls": usage.calls, "failed": usage.failed,
-                                              "tokens": usage.total_tokens, "replayed_calls": usage.replayed_calls}}
+        note = {
+            **(note or {}),
+            "llm_usage": {
+                "calls": usage.calls,
+                "failed": usage.failed,
+                "tokens": usage.total_tokens,
+                "replayed_calls": usage.replayed_calls,
+            },
+        }
         return note
 
     def _reflect(self, context: OperatorContext) -> dict[str, Any] | None:
@@ -244,7 +251,9 @@ def _elite_key(record: TrialRecord) -> tuple[float, ...]:
             float(record.energy_nj), float(record.number))  # type: ignore[arg-type]  # fmt: skip
 
 
-def map_elites(records: Sequence[TrialRecord], cell_of: Callable[[TrialRecord], tuple[int, int]]) -> dict[tuple[int, int], TrialRecord]:
+def map_elites(
+    records: Sequence[TrialRecord], cell_of: Callable[[TrialRecord], tuple[int, int]]
+) -> dict[tuple[int, int], TrialRecord]:
     """The archive: the best evaluated record per descriptor cell."""
     archive: dict[tuple[int, int], TrialRecord] = {}
     for record in records:
@@ -335,4 +344,3 @@ def make_genius(setup: MethodSetup) -> SearchMethod:
     """The `genius` baseline of a run."""
     client = _setup_client(setup, "genius")
     return Genius(_operator(setup, client, "genius"))
-

@@ -259,7 +259,9 @@ def suggest_architecture(trial: optuna.trial.BaseTrial, input_shape: tuple[int, 
 class OptunaMethod:
     """Proposals from an Optuna sampler over `suggest_architecture` (see module docstring)."""
 
-    def __init__(self, name: str, setup: MethodSetup, make_sampler: Callable[[int], optuna.samplers.BaseSampler]) -> None:
+    def __init__(
+        self, name: str, setup: MethodSetup, make_sampler: Callable[[int], optuna.samplers.BaseSampler]
+    ) -> None:
         self.name = name
         self.setup = setup
         self.make_sampler = make_sampler
@@ -274,7 +276,9 @@ class OptunaMethod:
 
     def propose(self, context: OperatorContext) -> Proposal:
         """Ask a freshly seeded sampler for parameters and decode them into an architecture."""
-        seed = derive_seed(context.seed, "optuna", context.generation, context.slot, context.attempt) % OPTUNA_SEED_MODULUS
+        seed = (
+            derive_seed(context.seed, "optuna", context.generation, context.slot, context.attempt) % OPTUNA_SEED_MODULUS
+        )
         study = self._study(seed)
         with _quiet():
             trial = study.ask()
@@ -350,7 +354,9 @@ def _optuna_nsga2(setup: MethodSetup) -> SearchMethod:
     return OptunaMethod(
         "optuna-nsga2",
         setup,
-        lambda seed: optuna.samplers.NSGAIISampler(population_size=population, crossover_prob=crossover_prob, seed=seed),
+        lambda seed: optuna.samplers.NSGAIISampler(
+            population_size=population, crossover_prob=crossover_prob, seed=seed
+        ),
     )
 
 

@@ -119,9 +119,7 @@ def rank_and_crowding(F: ArrayLike, V: ArrayLike | None = None) -> tuple[IntArra
     return rank, crowding
 
 
-def binary_tournament(
-    rank: ArrayLike, crowding: ArrayLike, n_pick: int, rng: np.random.Generator
-) -> IntArray:
+def binary_tournament(rank: ArrayLike, crowding: ArrayLike, n_pick: int, rng: np.random.Generator) -> IntArray:
     """Pick n_pick parent indices by binary tournaments between two distinct random candidates.
 
     Lower rank wins, then larger crowding distance, then a fair coin from rng (so the picks are a

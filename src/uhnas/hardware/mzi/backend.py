@@ -122,7 +122,7 @@ CPU_CHUNK_ELEMENTS = 1 << 17
 chunks of about this many values (512 KiB in float32), so that detector noise, ADC and accumulation stay in cache."""
 
 MIN_CHUNK_VECTORS = 128
-"""Simulation choice (not hardware): chunks hold at least this many input vectors (the contiguous axis of every pass)."""
+"""Simulation choice (not hardware): chunks hold at least this many input vectors (every pass's contiguous axis)."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,8 @@ class MZIBackend:
             precision=f"analog optical, {bits_in} DAC inputs, {bits_out} ADC outputs, K={p.mesh_size} meshes",
             description=self.preset.description,
             models=(
-                f"SVD mapping on {p.mesh_size}x{p.mesh_size} Clements meshes (weight-stationary tiles, partial sums detected per tile)",
+                f"SVD mapping on {p.mesh_size}x{p.mesh_size} Clements meshes (weight-stationary tiles, partial "
+                "sums detected per tile)",
                 "phase noise per shifter (per draw)",
                 "phase quantisation",
                 "nearest-neighbour thermal crosstalk (uncalibrated)",
@@ -211,7 +212,8 @@ class MZIBackend:
                 "coherent detection: real field component",
                 "detector shot + thermal noise from the received laser power",
                 "DAC and ADC quantisation",
-                "energy: laser (SimPhony rule), DAC, modulators, ADC, TIAs, phase-shifter holding, digital periphery, SRAM",
+                "energy: laser (SimPhony rule), DAC, modulators, ADC, TIAs, phase-shifter holding, digital "
+                "periphery, SRAM",
                 "constraints: mesh size, path loss budget, phase precision, MZI budget, optical power budget",
             ),
             constants=self.preset.card_constants(),
@@ -255,8 +257,9 @@ class MZIBackend:
                 if _COMPILED_ON_CPU:
                     fixed = self._compiled_inference(mapped, draws, generator)
                 else:
-                    fixed = _Inference.build(self._noisy_blocks(mapped, draws, generator), mapped, self.params,
-                                             self.detector_sigma)
+                    fixed = _Inference.build(
+                        self._noisy_blocks(mapped, draws, generator), mapped, self.params, self.detector_sigma
+                    )
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))  # detector noise, drawn at forward time
                 programs[layer.index] = self._program(layer, fixed, seed)
         return RealizedModel(model, programs, draws)
@@ -310,7 +313,8 @@ class MZIBackend:
         """`_Inference.build` of `_noisy_blocks` on a CPU, from compiled code and the same random draws
         (`_compiled_blocks`)."""
         inv, noise_std, out_scale, dac_levels, adc_levels = _inference_constants(
-            mapped, self.params, self.detector_sigma, self.params.mesh_size, self.real_dtype)
+            mapped, self.params, self.detector_sigma, self.params.mesh_size, self.real_dtype
+        )
         weights = self._compiled_blocks(mapped, draws, generator, inv / self._nominal_loss(mapped))
         return _Inference(weights, noise_std, out_scale, dac_levels, adc_levels, self.detector_sigma > 0)
 
@@ -334,8 +338,13 @@ class MZIBackend:
         else:
             mats = torch.empty((2 * tiles, per_mesh, k, k), dtype=self.dtype)
             build_meshes(mats.numpy(), *args)
-            real_blocks(mats.expand(2 * tiles, draws, k, k).contiguous().numpy(), field, scale, mapped.col_tiles,
-                        weights.numpy())
+            real_blocks(
+                mats.expand(2 * tiles, draws, k, k).contiguous().numpy(),
+                field,
+                scale,
+                mapped.col_tiles,
+                weights.numpy(),
+            )
         return weights
 
     def _program(self, layer: MatMul, fixed: _Inference, seed: int) -> Program:
@@ -350,8 +359,11 @@ class MZIBackend:
         def run(rows: Tensor) -> Tensor:
             device = rows.device
             if device not in per_device:
-                per_device[device] = (_compiled_forward(fixed, seed, bias) if device.type == "cpu" and _COMPILED_ON_CPU
-                                      else _taking_windows(_torch_forward(fixed.to(device), seed, device), bias))
+                per_device[device] = (
+                    _compiled_forward(fixed, seed, bias)
+                    if device.type == "cpu" and _COMPILED_ON_CPU
+                    else _taking_windows(_torch_forward(fixed.to(device), seed, device), bias)
+                )
             with torch.no_grad():
                 out = per_device[device](rows.detach())
             return out.to(rows.dtype)
@@ -464,11 +476,25 @@ def _compiled_forward(layer: _Inference, seed: int, bias: Tensor | None = None) 
         if result.numel() == 0:
             return result
         forward_layer(
-            _storage(x), _offsets(x.shape[:1], x.stride()[:1]), _offsets(vectors, x.stride()[1:split]),
-            _offsets(x.shape[split:], x.stride()[split:]), weights, noise_std, out_scale, layer.dac_levels or 0,
-            layer.adc_levels or 0, layer.noisy, np.uint64(seed), np.int64(position), table, offset, result.view(-1).numpy(),
-            _offsets((draws,), result.stride()[:1]), _offsets(vectors, out_vectors),
-            _offsets((outputs,), (result.stride(2 if windows else -1),)))
+            _storage(x),
+            _offsets(x.shape[:1], x.stride()[:1]),
+            _offsets(vectors, x.stride()[1:split]),
+            _offsets(x.shape[split:], x.stride()[split:]),
+            weights,
+            noise_std,
+            out_scale,
+            layer.dac_levels or 0,
+            layer.adc_levels or 0,
+            layer.noisy,
+            np.uint64(seed),
+            np.int64(position),
+            table,
+            offset,
+            result.view(-1).numpy(),
+            _offsets((draws,), result.stride()[:1]),
+            _offsets(vectors, out_vectors),
+            _offsets((outputs,), (result.stride(2 if windows else -1),)),
+        )
         position += samples_used(draws, c_tiles, outputs, math.prod(vectors))
         return result
 
@@ -480,8 +506,9 @@ def _per_column(x: np.ndarray, k: int, rows: int, dtype: torch.dtype) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.repeat(x.T, k, axis=-1)[:, :rows, None])).to(dtype)
 
 
-def _inference_constants(mapped: _Mapped, p: MZIParams, sigma: float, k: int,
-                         dtype: torch.dtype) -> tuple[np.ndarray, Tensor, Tensor, int | None, int | None]:
+def _inference_constants(
+    mapped: _Mapped, p: MZIParams, sigma: float, k: int, dtype: torch.dtype
+) -> tuple[np.ndarray, Tensor, Tensor, int | None, int | None]:
     """`_Inference`'s per-block weight factor 1 / (L_in q) (R, C) (float64 numpy; 0 for an all-zero block), its
     noise_std and out_scale, and the DAC and ADC levels. (In numpy: a dozen small torch ops cost ~0.25 ms per layer.)"""
     gain = mapped.sigma_max.numpy()  # (R, C)
@@ -536,8 +563,14 @@ class _Inference:
 
     def to(self, device: torch.device) -> _Inference:
         """The same constants on `device`."""
-        return _Inference(self.weights.to(device), self.noise_std.to(device), self.out_scale.to(device),
-                          self.dac_levels, self.adc_levels, self.noisy)
+        return _Inference(
+            self.weights.to(device),
+            self.noise_std.to(device),
+            self.out_scale.to(device),
+            self.dac_levels,
+            self.adc_levels,
+            self.noisy,
+        )
 
 
 def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill) -> Tensor:
@@ -619,11 +652,20 @@ def _column_constants(mapped: _Mapped, k: int, dtype: torch.dtype, device: torch
     gain = mapped.sigma_max
     safe = torch.where(gain > 0, gain, torch.ones_like(gain))
     full_scale = mapped.full_scale / safe
-    return gain.T.repeat_interleave(k, dim=-1).to(device, dtype), full_scale.T.repeat_interleave(k, dim=-1).to(device, dtype)
+    return gain.T.repeat_interleave(k, dim=-1).to(device, dtype), full_scale.T.repeat_interleave(k, dim=-1).to(
+        device, dtype
+    )
 
 
 def _tiled_forward(
-    rows: Tensor, weights: Tensor, mapped: _Mapped, p: MZIParams, sigma: float, generator: torch.Generator, *, train: bool
+    rows: Tensor,
+    weights: Tensor,
+    mapped: _Mapped,
+    p: MZIParams,
+    sigma: float,
+    generator: torch.Generator,
+    *,
+    train: bool,
 ) -> Tensor:
     """DAC -> optical blocks -> detector noise -> ADC -> digital rescale and accumulation over column tiles (no bias).
 
@@ -661,8 +703,9 @@ class _TrainingPool:
             draws = max(1, min(TRAINING_POOL_DRAWS, TRAINING_POOL_VALUES // weight.numel()))
             mapped = self.mapped = _map_matrix(weight, backend.params.mesh_size)
             if _COMPILED_ON_CPU:  # (C, D, out, K) -> (D, out, C K)
-                blocks = backend._compiled_blocks(mapped, draws, generator,
-                                                  mapped.sigma_max.numpy() / backend._nominal_loss(mapped))
+                blocks = backend._compiled_blocks(
+                    mapped, draws, generator, mapped.sigma_max.numpy() / backend._nominal_loss(mapped)
+                )
                 hardware = blocks.permute(1, 2, 0, 3).reshape(draws, mapped.rows, -1)[:, :, : mapped.cols]
             else:
                 blocks = backend._noisy_blocks(mapped, draws, generator)
@@ -681,7 +724,7 @@ class _TrainingPool:
 
 
 def _training_program(backend: MZIBackend, layer: MatMul, generator: torch.Generator) -> Program:
-    """rows (1, n, in) -> (1, n, out), differentiable in weights, bias and inputs, one fresh hardware sample per call."""
+    """rows (1, n, in) -> (1, n, out), differentiable in weights, bias and inputs; a fresh hardware sample per call."""
 
     def run(rows: Tensor) -> Tensor:
         entry = backend._pools.get(id(layer.weight))
@@ -701,7 +744,15 @@ def _training_program(backend: MZIBackend, layer: MatMul, generator: torch.Gener
         gain = mapped.sigma_max.to(tiles.device, tiles.dtype)
         weights = _layout((tiles / torch.where(gain > 0, gain, torch.ones_like(gain))[:, :, None, None]).unsqueeze(0))
         noise = generator if generator.device == rows.device else None  # a CPU generator cannot feed CUDA noise
-        out = _tiled_forward(rows, weights.expand(rows.shape[0], -1, -1, -1), mapped, backend.params, backend.detector_sigma, noise, train=True)
+        out = _tiled_forward(
+            rows,
+            weights.expand(rows.shape[0], -1, -1, -1),
+            mapped,
+            backend.params,
+            backend.detector_sigma,
+            noise,
+            train=True,
+        )
         return out if layer.bias is None else out + layer.bias
 
     return run

@@ -113,8 +113,21 @@ def attenuator_fields(  # pragma: no cover - compiled; checked against noise.att
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def build_blocks(  # pragma: no cover - compiled; checked against the torch blocks in tests/test_mzi_backend.py
-    column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs, output_cs, seeds, noisy, rot, ratio, amp, dummy_amp,
-    chip_meshes: int, chip_draws: int,  # the inputs `mesh_kernel.build_meshes` takes for the 2T meshes, U then V
+    column_start,
+    top,
+    dummy_start,
+    dummy_mode,
+    theta_cs,
+    phi_cs,
+    output_cs,
+    seeds,
+    noisy,
+    rot,
+    ratio,
+    amp,
+    dummy_amp,
+    chip_meshes: int,
+    chip_draws: int,  # the inputs `mesh_kernel.build_meshes` takes for the 2T meshes, U then V
     field: np.ndarray,  # (D, T, K) complex attenuator fields
     scale: np.ndarray,  # (R, C) real constant per block
     col_tiles: int,
@@ -150,8 +163,9 @@ def build_blocks(  # pragma: no cover - compiled; checked against the torch bloc
             seed_u[lane], seed_v[lane] = seeds[t], seeds[tiles + t]
             chip_u[lane] = (t if chip_meshes > 1 else 0) * chip_draws + (d if chip_draws > 1 else 0)
             chip_v[lane] = ((tiles + t) if chip_meshes > 1 else 0) * chip_draws + (d if chip_draws > 1 else 0)
-        gates = _lane_transfers(state_v, mesh_v, chip_v, seed_v, word, plan, theta_cs, phi_cs, output_cs, noisy, rot,
-                                ratio, amp, dummy_amp)
+        gates = _lane_transfers(
+            state_v, mesh_v, chip_v, seed_v, word, plan, theta_cs, phi_cs, output_cs, noisy, rot, ratio, amp, dummy_amp
+        )
         _lane_mesh(column_start, top, gates, n, w)
         for i in range(n):  # the lanes' fields, in w's (re, im) x lane order
             for lane in range(LANES):
@@ -163,8 +177,9 @@ def build_blocks(  # pragma: no cover - compiled; checked against the torch bloc
                 for lane in range(LANES):
                     ar, ai, xr, xi = fa[e + lane], fa[e + LANES + lane], w[o + lane], w[o + LANES + lane]
                     w[o + lane], w[o + LANES + lane] = ar * xr - ai * xi, ar * xi + ai * xr
-        gates = _lane_transfers(state_u, mesh_u, chip_u, seed_u, word, plan, theta_cs, phi_cs, output_cs, noisy, rot,
-                                ratio, amp, dummy_amp)
+        gates = _lane_transfers(
+            state_u, mesh_u, chip_u, seed_u, word, plan, theta_cs, phi_cs, output_cs, noisy, rot, ratio, amp, dummy_amp
+        )
         _lane_apply(column_start, top, gates, n, w, False)
         for lane in range(min(LANES, total - first)):
             t, d = tile[lane], draw[lane]

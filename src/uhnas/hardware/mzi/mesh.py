@@ -38,8 +38,9 @@ Speed
 On a CPU the matrices come from compiled loops (:mod:`uhnas.hardware.mzi.mesh_kernel`, Numba): each MZI's 2x2
 update applied only over the columns light has reached, its transfer made from cos/sin of the programmed phases
 times a table of e^{i sigma z} (no sine per draw); small meshes (the backend's 8 x 8) 16 realisations at a time,
-one per vector lane, large ones one realisation at a time in two cache-resident real planes.  Elsewhere (CUDA) the same model runs as torch ops: rebuilding a mesh column by
-column costs 2 n^3 complex multiply-adds per draw spread over ~n elementwise passes over the whole
+one per vector lane, large ones one realisation at a time in two cache-resident real planes.  Elsewhere (CUDA)
+the same model runs as torch ops: rebuilding a mesh column by column costs 2 n^3 complex multiply-adds per draw
+spread over ~n elementwise passes over the whole
 (draws, n, n) matrix, which is memory-bound.  The torch builder instead uses light-cone tiles
 (see the comments above :func:`_make_plan` and :func:`_build_tiles`): over s/2 consecutive columns the MZIs split
 into upward triangles on row blocks of width s and downward triangles centred on the block boundaries; a downward
@@ -233,8 +234,12 @@ class MeshStack:
         n = phases[0].n
         if any(p.n != n for p in phases):
             raise ValueError(f"all meshes of a stack must have the same size, got {sorted({p.n for p in phases})}")
-        return cls(n, torch.stack([p.theta for p in phases]), torch.stack([p.phi for p in phases]),
-                   torch.stack([p.output_phase for p in phases]))
+        return cls(
+            n,
+            torch.stack([p.theta for p in phases]),
+            torch.stack([p.phi for p in phases]),
+            torch.stack([p.output_phase for p in phases]),
+        )
 
     def __len__(self) -> int:
         return int(self.theta.shape[0])
@@ -566,8 +571,12 @@ def _tile_children(tiles: list[tuple], s: int, ring: int, columns: int) -> list[
             kids = (("D", qd - 1, 2 * t[1]), ("B", 2 * t[1]), ("B", 2 * t[1] + 1), eye)
         elif t[0] == "D":
             big_q, jb = t[1], 2 * t[2] + 1 - t[1] % 2
-            kids = (("D", 2 * big_q, jb), ("D", 2 * big_q + 1, jb), ("D", 2 * big_q + 1, (jb + 1) % w),
-                    ("D", 2 * big_q + 2, jb))
+            kids = (
+                ("D", 2 * big_q, jb),
+                ("D", 2 * big_q + 1, jb),
+                ("D", 2 * big_q + 1, (jb + 1) % w),
+                ("D", 2 * big_q + 2, jb),
+            )
         else:
             kids = (eye, eye, eye, eye)
         for r, k in zip(roles, kids, strict=True):
@@ -858,8 +867,11 @@ def _build_tiles(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
             src, dst = bufs[cur], bufs[1 - cur]
             if layer % 2 == 0:  # windows at j s
                 nb = d * w
-                torch.bmm(f[c0 * w : c0 * w + nb], src[h : h + rows].view(nb, 2 * s, ring),
-                          out=dst[h : h + rows].view(nb, 2 * s, ring))
+                torch.bmm(
+                    f[c0 * w : c0 * w + nb],
+                    src[h : h + rows].view(nb, 2 * s, ring),
+                    out=dst[h : h + rows].view(nb, 2 * s, ring),
+                )
             else:  # windows at j s + s/2
                 nb = d * w + 1
                 torch.bmm(f[c0 * w : c0 * w + nb], src.view(nb, 2 * s, ring), out=dst.view(nb, 2 * s, ring))
@@ -896,8 +908,9 @@ def _chip_batch(chip: ChipErrors, meshes: int, n_draws: int) -> tuple[int, int]:
         return meshes, n_draws
     if chip.chips == meshes:
         return meshes, 1
-    raise ValueError(f"chip has chips={chip.chips}; expected 1, {meshes} or {meshes * n_draws} chips "
-                     f"(one per mesh and draw)")
+    raise ValueError(
+        f"chip has chips={chip.chips}; expected 1, {meshes} or {meshes * n_draws} chips (one per mesh and draw)"
+    )
 
 
 def _sampled_chips(meshes: int, n_draws: int, draws_given: bool, noise: MeshNoise) -> int:
@@ -949,8 +962,9 @@ def _chip_values(
     if chip.coupler_ratio.shape[1] and has_coupler_error:
         ratio = chip.coupler_ratio.to(device=dev, dtype=rdtype)
         r, c = ratio.sqrt(), ratio.neg().add_(1).sqrt_()  # amplitude cross / through coupling of couplers 1, 2
-        products = torch.stack([c[..., 0] * c[..., 1], r[..., 0] * r[..., 1], r[..., 0] * c[..., 1],
-                                c[..., 0] * r[..., 1]])
+        products = torch.stack(
+            [c[..., 0] * c[..., 1], r[..., 0] * r[..., 1], r[..., 0] * c[..., 1], c[..., 0] * r[..., 1]]
+        )
     if lossy:
         mzi_amp = chip.mzi_loss_db.to(device=dev, dtype=rdtype).mul(_DB_TO_AMP).exp_()
         dummy_amp = chip.dummy_loss_db.to(device=dev, dtype=rdtype).mul(_DB_TO_AMP).exp_()
@@ -1001,8 +1015,9 @@ def _prepare_stack(
     fixed_diag = amp_vec[plan.fixed_amp.to(dev)]  # (F, 2, cm, cb)
     if theta.shape[1:] != (meshes, per_mesh):  # the table's batch axes must be (M, b) for the flat view below
         theta = theta.expand(rows, meshes, per_mesh)
-    table = _gate_table(theta, phi, couplers, amp, plan.fixed_rows.to(dev), fixed_diag, dtype,
-                        conj=plan.tile is not None).view(2, 2, rows, meshes * per_mesh)
+    table = _gate_table(
+        theta, phi, couplers, amp, plan.fixed_rows.to(dev), fixed_diag, dtype, conj=plan.tile is not None
+    ).view(2, 2, rows, meshes * per_mesh)
     screen = torch.ones((meshes, per_mesh, plan.ring), dtype=dtype, device=dev)
     screen[:, :, :n] = torch.polar(torch.ones_like(out_phase), out_phase).permute(1, 2, 0)
     return table, screen.view(meshes * per_mesh, plan.ring), plan, per_mesh
@@ -1050,8 +1065,9 @@ def compiled_inputs(
     rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
     np_dtype = np.float32 if rdtype == torch.float32 else np.float64
     if chip is None:
-        ratio, amp, dummy_amp, cm, cb = _sampled_chip_values(n, meshes, n_draws, draws_given, noise, generator,
-                                                              np_dtype)
+        ratio, amp, dummy_amp, cm, cb = _sampled_chip_values(
+            n, meshes, n_draws, draws_given, noise, generator, np_dtype
+        )
     else:
         ratio, amp, dummy_amp, cm, cb = _given_chip_values(stack, n_draws, noise, chip, rdtype)
     noisy = noise.phase_std > 0
@@ -1059,13 +1075,27 @@ def compiled_inputs(
     rot = noise_rotations(float(noise.phase_std), np_dtype) if noisy else np.zeros((1, 2), np_dtype)
     per_mesh = n_draws if noisy or cb > 1 else 1
     column_start, dummy_start = _column_bounds(n)
-    args = (column_start, lay.top, dummy_start, lay.dummy_mode, *_nominal_rotations(stack, noise, np_dtype), seeds,
-            bool(noisy), rot, ratio, amp, dummy_amp, int(cm), int(cb))
+    args = (
+        column_start,
+        lay.top,
+        dummy_start,
+        lay.dummy_mode,
+        *_nominal_rotations(stack, noise, np_dtype),
+        seeds,
+        bool(noisy),
+        rot,
+        ratio,
+        amp,
+        dummy_amp,
+        int(cm),
+        int(cb),
+    )
     return args, per_mesh
 
 
-def _given_chip_values(stack: MeshStack, n_draws: int, noise: MeshNoise, chip: ChipErrors,
-                       rdtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+def _given_chip_values(
+    stack: MeshStack, n_draws: int, noise: MeshNoise, chip: ChipErrors, rdtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """A given chip set as the compiled builder takes it: coupling ratios (chips, K, 2), MZI and dummy field
     amplitudes (chips, K), (chips, n_dummy) (n_dummy = 0: lossless), and its (mesh, draw) extents."""
     chip, cm, cb, has_coupler_error, lossy = _stack_chips(stack, n_draws, True, noise, chip, None)
@@ -1074,14 +1104,19 @@ def _given_chip_values(stack: MeshStack, n_draws: int, noise: MeshNoise, chip: C
     if not has_coupler_error:
         ratio = torch.full((chips, k_total, 2), NOMINAL_SPLIT, dtype=rdtype)
     amp = chip.mzi_loss_db.to(rdtype).mul(_DB_TO_AMP).exp_() if lossy else torch.ones((chips, k_total), dtype=rdtype)
-    dummy_amp = (chip.dummy_loss_db.to(rdtype).mul(_DB_TO_AMP).exp_() if lossy
-                 else torch.ones((chips, 0), dtype=rdtype))
+    dummy_amp = chip.dummy_loss_db.to(rdtype).mul(_DB_TO_AMP).exp_() if lossy else torch.ones((chips, 0), dtype=rdtype)
     return ratio.numpy(), amp.contiguous().numpy(), dummy_amp.contiguous().numpy(), cm, cb
 
 
-def _sampled_chip_values(n: int, meshes: int, n_draws: int, draws_given: bool, noise: MeshNoise,
-                         generator: torch.Generator | None,
-                         dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+def _sampled_chip_values(
+    n: int,
+    meshes: int,
+    n_draws: int,
+    draws_given: bool,
+    noise: MeshNoise,
+    generator: torch.Generator | None,
+    dtype: type,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """`_given_chip_values` of the chips `_stack_chips` would sample, from the same samples of the same streams,
     without the intermediate ChipErrors: each value is a table of the error model over the discretised normal's
     2^16 values (`sampled_coupler_ratios`, `_loss_amplitudes`), looked up at its sample's index (`fill_normals`),
@@ -1092,13 +1127,21 @@ def _sampled_chip_values(n: int, meshes: int, n_draws: int, draws_given: bool, n
     cm, cb = (1, 1) if chips == 1 else (meshes, n_draws)
     ratio = np.full((chips, k_total, 2), NOMINAL_SPLIT, dtype=dtype)
     if noise.coupler_error_std > 0:  # sample_chip's order: coupler normals, then loss normals
-        fill_normals(seed_of(generator, 1)[0], np.int64(0), sampled_coupler_ratios(noise.coupler_error_std, dtype),
-                     ratio.reshape(-1))
+        fill_normals(
+            seed_of(generator, 1)[0],
+            np.int64(0),
+            sampled_coupler_ratios(noise.coupler_error_std, dtype),
+            ratio.reshape(-1),
+        )
     lossy = noise.loss_db_per_mzi > 0 or noise.loss_db_std > 0
     if noise.loss_db_std > 0:
         values = np.empty((chips, k_total + n_dummy), dtype=dtype)
-        fill_normals(seed_of(generator, 1)[0], np.int64(0), _loss_amplitudes(noise.loss_db_per_mzi, noise.loss_db_std,
-                                                                           dtype), values.reshape(-1))
+        fill_normals(
+            seed_of(generator, 1)[0],
+            np.int64(0),
+            _loss_amplitudes(noise.loss_db_per_mzi, noise.loss_db_std, dtype),
+            values.reshape(-1),
+        )
         amp, dummy_amp = np.ascontiguousarray(values[:, :k_total]), np.ascontiguousarray(values[:, k_total:])
     elif lossy:
         nominal = math.exp(_DB_TO_AMP * noise.loss_db_per_mzi)
@@ -1186,8 +1229,9 @@ def mesh_matrices(
         m = _compiled_matrices(stack, n_draws, draws is not None, noise, chip, generator, dtype)
         per_mesh = m.shape[1]
     else:
-        table, screen, plan, per_mesh = _prepare_stack(stack, n_draws, draws is not None, noise, chip, generator,
-                                                       dtype, dev)
+        table, screen, plan, per_mesh = _prepare_stack(
+            stack, n_draws, draws is not None, noise, chip, generator, dtype, dev
+        )
         if plan.tile is None:
             m = _build_columns(table, plan, screen)[:n, :n].permute(2, 0, 1)
         else:
@@ -1222,5 +1266,6 @@ def mesh_matrix(
     n_draws = 1 if draws is None else int(draws)
     if chip is not None and chip.chips not in (1, n_draws):
         raise ValueError(f"chip has n={chip.n}, chips={chip.chips}; expected n={phases.n} and 1 or {n_draws} chips")
-    return mesh_matrices(MeshStack.of([phases]), draws=draws, noise=noise, chip=chip, generator=generator,
-                         dtype=dtype, device=device)[0]
+    return mesh_matrices(
+        MeshStack.of([phases]), draws=draws, noise=noise, chip=chip, generator=generator, dtype=dtype, device=device
+    )[0]

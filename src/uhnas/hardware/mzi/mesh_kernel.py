@@ -71,8 +71,9 @@ def _rotation(rot: np.ndarray, u: np.int64) -> tuple:  # pragma: no cover - comp
 
 # --------------------------------------------------------------------------------------------------- small meshes
 @njit(cache=True, nogil=True)
-def _fold_plan(column_start: np.ndarray, top: np.ndarray, dummy_start: np.ndarray, dummy_mode: np.ndarray,
-               n: int) -> tuple:  # pragma: no cover - compiled
+def _fold_plan(
+    column_start: np.ndarray, top: np.ndarray, dummy_start: np.ndarray, dummy_mode: np.ndarray, n: int
+) -> tuple:  # pragma: no cover - compiled
     """Where the diagonal factors go.  A dummy section's loss (after column c) multiplies the input row of the next
     MZI on its mode; an output phase multiplies the output row of the last MZI on its mode, together with the
     loss of a dummy that comes after that MZI (in the last column).  Returns in_slot (K, 2): the dummy at input
@@ -101,8 +102,14 @@ def _fold_plan(column_start: np.ndarray, top: np.ndarray, dummy_start: np.ndarra
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_nominal(theta_cs: np.ndarray, phi_cs: np.ndarray, output_cs: np.ndarray, mesh: np.ndarray,
-                  nominal: np.ndarray, nominal_out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _lane_nominal(
+    theta_cs: np.ndarray,
+    phi_cs: np.ndarray,
+    output_cs: np.ndarray,
+    mesh: np.ndarray,
+    nominal: np.ndarray,
+    nominal_out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     """nominal[k, 0..3, lane] = cos, sin of the programmed theta, phi of MZI k of the lane's mesh; nominal_out[i,
     0..1, lane] those of output phase i."""
     k_total, n, m = theta_cs.shape[2], output_cs.shape[2], mesh[0]
@@ -130,8 +137,9 @@ def _lane_nominal(theta_cs: np.ndarray, phi_cs: np.ndarray, output_cs: np.ndarra
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_chips(ratio: np.ndarray, amp: np.ndarray, dummy_amp: np.ndarray, chip: np.ndarray, raw: np.ndarray,
-                dummy: np.ndarray) -> None:  # pragma: no cover - compiled
+def _lane_chips(
+    ratio: np.ndarray, amp: np.ndarray, dummy_amp: np.ndarray, chip: np.ndarray, raw: np.ndarray, dummy: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """raw[0..2, k * LANES + lane] = both coupling ratios and the field amplitude of MZI k on the lane's chip;
     dummy[e * LANES + lane] = the field amplitude of dummy section e."""
     for k in range(ratio.shape[1]):
@@ -173,8 +181,9 @@ def _lane_indices(seed: np.ndarray, word: np.ndarray, index: np.ndarray) -> None
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_rotations(index: np.ndarray, k_total: int, n: int, rot: np.ndarray, noise: np.ndarray,
-                    noise_out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _lane_rotations(
+    index: np.ndarray, k_total: int, n: int, rot: np.ndarray, noise: np.ndarray, noise_out: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """noise[k, 0..3, lane] = cos, sin of the noise of theta, then of phi of MZI k; noise_out[i, 0..1, lane] of
     output phase i.  Table lookups at random places: scalar (the one loop here that LLVM does not vectorise)."""
     for k in range(k_total):
@@ -190,8 +199,14 @@ def _lane_rotations(index: np.ndarray, k_total: int, n: int, rot: np.ndarray, no
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_screen(nominal_out: np.ndarray, noise_out: np.ndarray, noisy: bool, dummy: np.ndarray,
-                 screen_dummy: np.ndarray, screen: np.ndarray) -> None:  # pragma: no cover - compiled
+def _lane_screen(
+    nominal_out: np.ndarray,
+    noise_out: np.ndarray,
+    noisy: bool,
+    dummy: np.ndarray,
+    screen_dummy: np.ndarray,
+    screen: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     """screen[i, 0..1, lane] = e^{i output phase i} times the amplitude of a dummy folded into it (`_fold_plan`)."""
     for i in range(screen_dummy.shape[0]):
         o, e = max(0, i * 2 * LANES), max(0, screen_dummy[i] * LANES)
@@ -205,9 +220,17 @@ def _lane_screen(nominal_out: np.ndarray, noise_out: np.ndarray, noisy: bool, du
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_gates(nominal: np.ndarray, noise: np.ndarray, noisy: bool, couplers: np.ndarray, dummy: np.ndarray,
-                screen: np.ndarray, in_slot: np.ndarray, out_slot: np.ndarray,
-                gates: np.ndarray) -> None:  # pragma: no cover - compiled
+def _lane_gates(
+    nominal: np.ndarray,
+    noise: np.ndarray,
+    noisy: bool,
+    couplers: np.ndarray,
+    dummy: np.ndarray,
+    screen: np.ndarray,
+    in_slot: np.ndarray,
+    out_slot: np.ndarray,
+    gates: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     """gates[k, 0..7, lane]: re, im of G00, G01, G10, G11 of MZI k in every lane, G = diag(output phases folded
     into it) T diag(dummy amplitudes folded into it) (`_fold_plan`), T the MZI's transfer (below)."""
     for k in range(in_slot.shape[0]):
@@ -240,8 +263,9 @@ def _lane_gates(nominal: np.ndarray, noise: np.ndarray, noisy: bool, couplers: n
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_mesh(column_start: np.ndarray, top: np.ndarray, gates: np.ndarray, n: int,
-               w: np.ndarray) -> None:  # pragma: no cover - compiled
+def _lane_mesh(
+    column_start: np.ndarray, top: np.ndarray, gates: np.ndarray, n: int, w: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """w[j * (2 n + 1) * LANES + (2 i + 0..1) * LANES + lane] = re, im of element (i, j) of every lane's matrix: the
     gates applied to the identity.  The half block of padding per matrix column keeps columns from lying a multiple
     of 4 KiB apart (n = 32: loads of one column falsely waited on the stores to the one before)."""
@@ -255,8 +279,9 @@ def _lane_mesh(column_start: np.ndarray, top: np.ndarray, gates: np.ndarray, n: 
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_apply(column_start: np.ndarray, top: np.ndarray, gates: np.ndarray, n: int, w: np.ndarray,
-                from_identity: bool) -> None:  # pragma: no cover - compiled
+def _lane_apply(
+    column_start: np.ndarray, top: np.ndarray, gates: np.ndarray, n: int, w: np.ndarray, from_identity: bool
+) -> None:  # pragma: no cover - compiled
     """w := the gates applied to the matrices w holds (`_lane_mesh`'s layout); ``from_identity``: w held the
     identity, so after c columns only the columns light can have reached are updated."""
     stride = (2 * n + 1) * LANES
@@ -283,8 +308,9 @@ def _lane_apply(column_start: np.ndarray, top: np.ndarray, gates: np.ndarray, n:
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_store(w: np.ndarray, result: np.ndarray, first: int, count: int,
-                n: int) -> None:  # pragma: no cover - compiled
+def _lane_store(
+    w: np.ndarray, result: np.ndarray, first: int, count: int, n: int
+) -> None:  # pragma: no cover - compiled
     """result[first + lane] = the matrix of lane ``lane`` (lane < count) as n x n (re, im) pairs, from `_lane_mesh`'s
     w: the transpose back, scalar."""
     stride = (2 * n + 1) * LANES
@@ -311,18 +337,26 @@ def _lane_state(k_total: int, n: int, n_dummy: int, words: int, dtype: type) -> 
     """The buffers `_lane_transfers` fills for LANES realisations, and the meshes and chips they hold (none yet)."""
     screen = np.zeros((n + 1) * 2 * LANES, dtype=dtype)
     screen[n * 2 * LANES : n * 2 * LANES + LANES] = 1  # the entry for no output phase: 1 + 0i
-    return (np.zeros(4 * words * LANES, dtype=np.uint16),  # noise table indices
-            np.zeros(k_total * 4 * LANES, dtype=dtype), np.zeros(n * 2 * LANES, dtype=dtype),  # nominal, _out
-            np.zeros(k_total * 4 * LANES, dtype=dtype), np.zeros(n * 2 * LANES, dtype=dtype),  # noise, _out
-            np.zeros((3, k_total * LANES), dtype=dtype), np.zeros(k_total * 4 * LANES, dtype=dtype),  # raw, couplers
-            np.ones((n_dummy + 1) * LANES, dtype=dtype),  # dummy amplitudes; the last entry stands for no dummy: 1
-            screen, np.zeros(k_total * 8 * LANES, dtype=dtype),  # screen, gates
-            np.full(LANES, -1, dtype=np.int64), np.full(LANES, -1, dtype=np.int64))  # meshes, chips held
+    return (
+        np.zeros(4 * words * LANES, dtype=np.uint16),  # noise table indices
+        np.zeros(k_total * 4 * LANES, dtype=dtype),
+        np.zeros(n * 2 * LANES, dtype=dtype),  # nominal, _out
+        np.zeros(k_total * 4 * LANES, dtype=dtype),
+        np.zeros(n * 2 * LANES, dtype=dtype),  # noise, _out
+        np.zeros((3, k_total * LANES), dtype=dtype),
+        np.zeros(k_total * 4 * LANES, dtype=dtype),  # raw, couplers
+        np.ones((n_dummy + 1) * LANES, dtype=dtype),  # dummy amplitudes; the last entry stands for no dummy: 1
+        screen,
+        np.zeros(k_total * 8 * LANES, dtype=dtype),  # screen, gates
+        np.full(LANES, -1, dtype=np.int64),
+        np.full(LANES, -1, dtype=np.int64),
+    )  # meshes, chips held
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _lane_transfers(state, mesh, chip, seed, word, plan, theta_cs, phi_cs, output_cs, noisy, rot, ratio, amp,
-                    dummy_amp) -> np.ndarray:  # pragma: no cover - compiled
+def _lane_transfers(
+    state, mesh, chip, seed, word, plan, theta_cs, phi_cs, output_cs, noisy, rot, ratio, amp, dummy_amp
+) -> np.ndarray:  # pragma: no cover - compiled
     """The gates (`_lane_gates`) of the lanes' realisations: mesh[lane] on chip[lane], phase noise from word[lane]
     of stream seed[lane]; per-mesh and per-chip values are recomputed only where they changed."""
     index, nominal, nominal_out, noise, noise_out, raw, couplers, dummy, screen, gates, mesh_done, chip_done = state
@@ -341,8 +375,24 @@ def _lane_transfers(state, mesh, chip, seed, word, plan, theta_cs, phi_cs, outpu
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _build_lanes(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs, output_cs, seeds, noisy, rot,
-                 ratio, amp, dummy_amp, chip_meshes, chip_draws) -> None:  # pragma: no cover - compiled
+def _build_lanes(
+    out,
+    column_start,
+    top,
+    dummy_start,
+    dummy_mode,
+    theta_cs,
+    phi_cs,
+    output_cs,
+    seeds,
+    noisy,
+    rot,
+    ratio,
+    amp,
+    dummy_amp,
+    chip_meshes,
+    chip_draws,
+) -> None:  # pragma: no cover - compiled
     """`build_meshes` for small n: LANES realisations (mesh-major, draw-minor) at a time, one per lane."""
     meshes, draws, n = out.shape[0], out.shape[1], out.shape[2]
     k_total, n_dummy = top.shape[0], dummy_mode.shape[0]
@@ -362,8 +412,9 @@ def _build_lanes(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_
             chip[lane] = (m if chip_meshes > 1 else 0) * chip_draws + (d if chip_draws > 1 else 0)
             if first + lane + 1 < total:
                 m, d = (m + 1, 0) if d + 1 == draws else (m, d + 1)
-        gates = _lane_transfers(state, mesh, chip, seed, word, plan, theta_cs, phi_cs, output_cs, noisy, rot, ratio,
-                                amp, dummy_amp)
+        gates = _lane_transfers(
+            state, mesh, chip, seed, word, plan, theta_cs, phi_cs, output_cs, noisy, rot, ratio, amp, dummy_amp
+        )
         _lane_mesh(column_start, top, gates, n, w)
         _lane_store(w, result, first, min(LANES, total - first), n)
 
@@ -374,8 +425,9 @@ def _build_lanes(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_
 # loops read and write consecutive lanes at constant offsets (interleaved or many separate rows kept LLVM from
 # vectorising them: the coupler loop over the (K, 2) ratios ran 6x slower, the gate loop 3x).
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _column_couplers(ratio: np.ndarray, amp: np.ndarray, planar: np.ndarray,
-                     couplers: np.ndarray) -> None:  # pragma: no cover - compiled
+def _column_couplers(
+    ratio: np.ndarray, amp: np.ndarray, planar: np.ndarray, couplers: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """couplers[block, 0..3, lane] = amp c1 c2, amp r1 r2, amp r1 c2, amp c1 r2 of one chip's MZIs (see
     `_lane_couplers`); planar (3, blocks * LANES): scratch, both ratios and the amplitude deinterleaved.
 
@@ -394,8 +446,9 @@ def _column_couplers(ratio: np.ndarray, amp: np.ndarray, planar: np.ndarray,
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _column_nominal(theta_cs: np.ndarray, phi_cs: np.ndarray,
-                    nominal: np.ndarray) -> None:  # pragma: no cover - compiled
+def _column_nominal(
+    theta_cs: np.ndarray, phi_cs: np.ndarray, nominal: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """nominal[block, 0..3, lane] = cos, sin of the programmed theta, then phi of one mesh's MZIs."""
     for k in range(theta_cs.shape[1]):
         o = k // LANES * 4 * LANES + k % LANES
@@ -404,8 +457,9 @@ def _column_nominal(theta_cs: np.ndarray, phi_cs: np.ndarray,
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _column_noise(seed: np.uint64, word: np.uint64, k_total: int, n: int, rot: np.ndarray, noise: np.ndarray,
-                  noise_out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _column_noise(
+    seed: np.uint64, word: np.uint64, k_total: int, n: int, rot: np.ndarray, noise: np.ndarray, noise_out: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """noise[block, 0..3, lane] = cos, sin of the noise of theta, then phi of one draw's MZIs; noise_out[i, 0..1] of
     its output phases.  Sample j is 16-bit part j % 4 of word ``word + j // 4`` of stream ``seed`` (as
     `counter_rng.fill_indices`); table lookups at random places: scalar."""
@@ -423,8 +477,9 @@ def _column_noise(seed: np.uint64, word: np.uint64, k_total: int, n: int, rot: n
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _column_gates(nominal: np.ndarray, noise: np.ndarray, noisy: bool, couplers: np.ndarray,
-                  gates: np.ndarray) -> None:  # pragma: no cover - compiled
+def _column_gates(
+    nominal: np.ndarray, noise: np.ndarray, noisy: bool, couplers: np.ndarray, gates: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """gates[block, 0..7, lane]: re, im of T00, T01, T10, T11 of one realisation's MZIs (see `_lane_gates`)."""
     for b in range(nominal.shape[0] // (4 * LANES)):
         i, o = max(0, b * 4 * LANES), max(0, b * 8 * LANES)
@@ -445,8 +500,24 @@ def _column_gates(nominal: np.ndarray, noise: np.ndarray, noisy: bool, couplers:
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _build_columns(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs, output_cs, seeds, noisy, rot,
-                   ratio, amp, dummy_amp, chip_meshes, chip_draws) -> None:  # pragma: no cover - compiled
+def _build_columns(
+    out,
+    column_start,
+    top,
+    dummy_start,
+    dummy_mode,
+    theta_cs,
+    phi_cs,
+    output_cs,
+    seeds,
+    noisy,
+    rot,
+    ratio,
+    amp,
+    dummy_amp,
+    chip_meshes,
+    chip_draws,
+) -> None:  # pragma: no cover - compiled
     """`build_meshes` for large n: one realisation at a time, the matrix columns in the lanes."""
     meshes, draws, n = out.shape[0], out.shape[1], out.shape[2]
     k_total = top.shape[0]
@@ -548,5 +619,21 @@ def build_meshes(  # checked against the torch builder in tests/test_mzi_kernels
     Chosen here, not in compiled code, so that a process compiles only the layout it uses (~8 s for the small-mesh
     one, once per dtype; Numba caches it on disk)."""
     build = _build_lanes if uses_lanes(out.shape[2], out.shape[0] * out.shape[1]) else _build_columns
-    build(out, column_start, top, dummy_start, dummy_mode, theta_cs, phi_cs, output_cs, seeds, bool(noisy), rot, ratio,
-          amp, dummy_amp, int(chip_meshes), int(chip_draws))
+    build(
+        out,
+        column_start,
+        top,
+        dummy_start,
+        dummy_mode,
+        theta_cs,
+        phi_cs,
+        output_cs,
+        seeds,
+        bool(noisy),
+        rot,
+        ratio,
+        amp,
+        dummy_amp,
+        int(chip_meshes),
+        int(chip_draws),
+    )

@@ -75,7 +75,9 @@ class AttenuatorErrors:
     loss_db: Tensor
 
 
-def sample_attenuators(shape: tuple[int, ...], noise: MeshNoise, generator: torch.Generator, chips: int) -> AttenuatorErrors:
+def sample_attenuators(
+    shape: tuple[int, ...], noise: MeshNoise, generator: torch.Generator, chips: int
+) -> AttenuatorErrors:
     """Coupler ratios and insertion losses of `chips` chips' attenuators laid out as `shape` (last dim: a column).
 
     As for the meshes (`mesh.sample_chip`): sampled values are float32 (their spread dwarfs float32 rounding),
@@ -143,8 +145,9 @@ def attenuator_field(
     return field * torch.pow(10.0, -excess_db / 20.0)
 
 
-def sampled_attenuator_field(transmission: Tensor, noise: MeshNoise, generator: torch.Generator, draws: int,
-                             dtype: torch.dtype = torch.float32) -> Tensor:
+def sampled_attenuator_field(
+    transmission: Tensor, noise: MeshNoise, generator: torch.Generator, draws: int, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """`attenuator_field` of `sample_attenuators`' chips (one per draw), from one compiled pass on the CPU
     (`block_kernel.attenuator_fields`): transmission (T, K) -> (draws, T, K). The same random samples, drawn from
     ``generator`` in the same order, so it equals the two calls to float rounding."""
@@ -160,16 +163,27 @@ def sampled_attenuator_field(transmission: Tensor, noise: MeshNoise, generator: 
             fill_indices(seed_of(generator, 1)[0], np.int64(0), out)
         return out
 
-    coupler, loss, phase = (indices(noise.coupler_error_std > 0, 2), indices(noise.loss_db_std > 0),
-                            indices(noise.phase_std > 0))
+    coupler, loss, phase = (
+        indices(noise.coupler_error_std > 0, 2),
+        indices(noise.loss_db_std > 0),
+        indices(noise.phase_std > 0),
+    )
     half = (_programmed_attenuators(transmission, noise, dtype) / 2).reshape(-1)
     rot = noise_rotations(noise.phase_std / 2, np_dtype) if phase.size else np.zeros((1, 2), np_dtype)
     complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
     out = torch.empty((draws, *transmission.shape), dtype=complex_dtype)
     ratios = sampled_coupler_ratios(noise.coupler_error_std, np_dtype)
-    attenuator_fields(torch.cos(half).numpy(), torch.sin(half).numpy(), coupler, ratios, loss,
-                      _excess_loss_amplitudes(noise.loss_db_per_mzi, noise.loss_db_std, np_dtype), phase, rot,
-                      torch.view_as_real(out).view(draws, -1, 2).numpy())
+    attenuator_fields(
+        torch.cos(half).numpy(),
+        torch.sin(half).numpy(),
+        coupler,
+        ratios,
+        loss,
+        _excess_loss_amplitudes(noise.loss_db_per_mzi, noise.loss_db_std, np_dtype),
+        phase,
+        rot,
+        torch.view_as_real(out).view(draws, -1, 2).numpy(),
+    )
     return out
 
 

@@ -62,7 +62,9 @@ class OperatorContext:
     notes: Sequence[dict[str, Any]] = ()  # what `reflect` returned at the end of earlier generations
     rejected: Sequence[str] = ()  # why earlier attempts for this slot were refused
 
-    def with_attempt(self, slot: int, attempt: int, rng: np.random.Generator, rejected: Sequence[str]) -> OperatorContext:
+    def with_attempt(
+        self, slot: int, attempt: int, rng: np.random.Generator, rejected: Sequence[str]
+    ) -> OperatorContext:
         """The same context for another slot or attempt."""
         return replace(self, slot=slot, attempt=attempt, rng=rng, rejected=tuple(rejected))
 

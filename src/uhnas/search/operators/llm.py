@@ -39,7 +39,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from uhnas.arch import LAYER_TYPES, Architecture, ArchitectureError, analyze, arch_hash, architecture_schema, parse_architecture
+from uhnas.arch import (
+    LAYER_TYPES,
+    Architecture,
+    ArchitectureError,
+    analyze,
+    arch_hash,
+    architecture_schema,
+    parse_architecture,
+)
 from uhnas.arch.model import (
     MAX_CHANNELS,
     MAX_KERNEL,
@@ -140,8 +148,9 @@ def candidate_summary(record: TrialRecord) -> dict[str, Any]:
         "noisy_p5": _finite(record.accuracy("p5")),
         "robustness_drop": None if clean is None or noisy is None else clean - noisy,
         "energy_nj": None if record.failed else _finite(record.energy_nj),
-        "energy_breakdown_nj": {str(k): float(v) for k, v in (ev.get("energy_breakdown_nj") or {}).items()
-                                if _finite(v) is not None},  # fmt: skip
+        "energy_breakdown_nj": {
+            str(k): float(v) for k, v in (ev.get("energy_breakdown_nj") or {}).items() if _finite(v) is not None
+        },  # fmt: skip
         "params": ev.get("params"),
         "macs": ev.get("macs"),
         "violations": list(ev.get("violations") or []),
@@ -194,7 +203,7 @@ def _structure_errors(data: Mapping[str, Any]) -> list[str]:
         return errors[:MAX_STRUCTURE_ERRORS]
     for i, layer in enumerate(layers):
         if not isinstance(layer, Mapping):
-            errors.append(f"layer {i}: must be a JSON object with a \"type\"")
+            errors.append(f'layer {i}: must be a JSON object with a "type"')
             continue
         kind = layer.get("type")
         if not isinstance(kind, str) or kind not in _LAYER_FIELDS:
@@ -378,8 +387,9 @@ class LLMOperator:
         extra = {"parents": [candidate_summary(first), candidate_summary(second)]}
         messages = render_messages("crossover", {**self._search_context(context), **extra},
                                    system_variant=self.system_prompt)  # fmt: skip
-        return self._ask(context, "crossover", messages, parents=(first.number, second.number),
-                         variant=self.system_prompt)
+        return self._ask(
+            context, "crossover", messages, parents=(first.number, second.number), variant=self.system_prompt
+        )
 
     def reflect(self, context: OperatorContext) -> dict[str, Any] | None:
         """Rewrite the knowledge base at the end of a generation; the last generation's is skipped (unused)."""
@@ -435,8 +445,9 @@ class LLMOperator:
         ctx = {**self._search_context(context, pending=False), "front": [], "recent": [], "knowledge": [],
                "parents": [_layers_only(first), _layers_only(second)]}  # fmt: skip
         messages = render_messages("crossover", ctx, system_variant="generic")
-        return self._ask(context, "llmatic_crossover", messages, parents=(first.number, second.number),
-                         variant="generic")
+        return self._ask(
+            context, "llmatic_crossover", messages, parents=(first.number, second.number), variant="generic"
+        )
 
     # -- bookkeeping the method forwards
 
@@ -454,8 +465,12 @@ class LLMOperator:
     def _task_context(self, context: OperatorContext) -> dict[str, Any]:
         """Keys every prompt kind needs: task, objective, limits."""
         return {
-            "task": {"dataset": context.dataset, "input_shape": list(context.input_shape),
-                     "num_classes": context.num_classes, "epochs": self.epochs},  # fmt: skip
+            "task": {
+                "dataset": context.dataset,
+                "input_shape": list(context.input_shape),
+                "num_classes": context.num_classes,
+                "epochs": self.epochs,
+            },  # fmt: skip
             "objective": context.objective,
             "limits": dict(LIMITS),
         }

@@ -35,7 +35,15 @@ DROPOUT_PROB = 0.15
 POOL_PROB = 0.5
 CNN_PROB = 0.5  # share of CNNs among initial architectures on image datasets
 MUTATE_AFTER_CROSSOVER_PROB = 0.5  # a crossover child also gets one mutation (always, if it equals a parent)
-ACTIVATION_WEIGHTS = {"relu": 0.4, "gelu": 0.1, "tanh": 0.1, "leaky_relu": 0.1, "sigmoid": 0.1, "square": 0.1, "saturating": 0.1}
+ACTIVATION_WEIGHTS = {
+    "relu": 0.4,
+    "gelu": 0.1,
+    "tanh": 0.1,
+    "leaky_relu": 0.1,
+    "sigmoid": 0.1,
+    "square": 0.1,
+    "saturating": 0.1,
+}
 
 MUTATIONS = (
     "insert_layer",
@@ -214,7 +222,9 @@ def random_architecture(context: OperatorContext) -> Architecture:
     """A valid random MLP or small CNN within the operator space, drawn with the context's generator."""
     rng = context.rng
     for _ in range(MAX_TRIES):
-        conv: Layers = sample_cnn(rng, context.input_shape) if is_image(context.input_shape) and rng.random() < CNN_PROB else []
+        conv: Layers = (
+            sample_cnn(rng, context.input_shape) if is_image(context.input_shape) and rng.random() < CNN_PROB else []
+        )
         convs = sum(isinstance(layer, Conv2d) for layer in conv)
         flat = sample_mlp(rng, context.num_classes, max_hidden=MAX_MATMULS - 1 - convs)
         arch = validated((conv, flat), context)
@@ -415,7 +425,9 @@ def mutate_architecture(arch: Architecture, context: OperatorContext) -> tuple[A
     raise ProposalError(f"no valid mutation in {MAX_TRIES} tries")
 
 
-def crossover_architectures(first: Architecture, second: Architecture, context: OperatorContext) -> tuple[Architecture, dict[str, Any]]:
+def crossover_architectures(
+    first: Architecture, second: Architecture, context: OperatorContext
+) -> tuple[Architecture, dict[str, Any]]:
     """One-point crossover in each segment: a prefix of `first` joined to a suffix of `second`."""
     rng = context.rng
     a_conv, a_flat = split(first, context.input_shape)
@@ -424,7 +436,11 @@ def crossover_architectures(first: Architecture, second: Architecture, context: 
         i, j = int(rng.integers(len(a_conv) + 1)), int(rng.integers(len(b_conv) + 1))
         k, m = int(rng.integers(len(a_flat))), int(rng.integers(len(b_flat)))  # b's suffix keeps its classifier
         child_segments = (a_conv[:i] + b_conv[j:], a_flat[:k] + b_flat[m:])
-        if count_matmuls(child_segments) > max(MAX_MATMULS, count_matmuls(split(first, context.input_shape)), count_matmuls(split(second, context.input_shape))):
+        if count_matmuls(child_segments) > max(
+            MAX_MATMULS,
+            count_matmuls(split(first, context.input_shape)),
+            count_matmuls(split(second, context.input_shape)),
+        ):
             continue
         child = validated(child_segments, context)
         if child is not None:
@@ -452,10 +468,15 @@ class RandomOperator:
         a, b = _parent_arch(first), _parent_arch(second)
         child, cuts = crossover_architectures(a, b, context)
         mutations: list[str] = []
-        if canonical_json(child) in (canonical_json(a), canonical_json(b)) or context.rng.random() < MUTATE_AFTER_CROSSOVER_PROB:
+        if (
+            canonical_json(child) in (canonical_json(a), canonical_json(b))
+            or context.rng.random() < MUTATE_AFTER_CROSSOVER_PROB
+        ):
             child, kind = mutate_architecture(child, context)
             mutations.append(kind)
-        return Proposal(child, f"{self.name}.crossover", (first.number, second.number), metadata={**cuts, "mutations": mutations})
+        return Proposal(
+            child, f"{self.name}.crossover", (first.number, second.number), metadata={**cuts, "mutations": mutations}
+        )
 
     def reflect(self, context: OperatorContext) -> dict[str, Any] | None:
         """Conventional operators keep no notes."""
