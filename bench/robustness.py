@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from uhnas.allocator import keep_freed_memory
-from uhnas.arch import analyze, build, load_architecture
+from uhnas.arch import analyze, load_architecture
+from uhnas.arch.build import build
 from uhnas.data import load_dataset
 from uhnas.evaluate import noisy_accuracy
 from uhnas.hardware.counter_rng import fill_normals

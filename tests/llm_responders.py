@@ -26,7 +26,7 @@ from uhnas.arch import analyze, arch_hash, parse_architecture_json
 from uhnas.config import RunConfig, load_config
 from uhnas.data import dataset_spec
 from uhnas.evaluate import Evaluation, NoisyAccuracy
-from uhnas.hardware.base import total_violation
+from uhnas.hardware.card import total_violation
 from uhnas.hardware.registry import load_backend
 from uhnas.search.jobs import InlineExecutor, Job, JobResult
 

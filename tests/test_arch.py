@@ -13,18 +13,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from strategies import architectures
 from uhnas.arch import (
     ArchitectureError,
-    Network,
     analyze,
     arch_hash,
     architecture_schema,
-    build,
-    forward_draws,
     load_architecture,
     parse_architecture,
     parse_architecture_json,
     structural_distance,
     to_json,
 )
+from uhnas.arch.build import Network, build, forward_draws
 
 DIGITS = ((1, 8, 8), 10)
 MNIST = ((1, 28, 28), 10)

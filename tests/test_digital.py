@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uhnas.arch import analyze, build, parse_architecture
+from uhnas.arch import analyze, parse_architecture
+from uhnas.arch.build import build
 from uhnas.hardware.registry import BackendError, available_backends, load_backend, load_preset
 from uhnas.hardware.testing import assert_conforms
 

@@ -17,8 +17,9 @@ import pytest
 from uhnas.arch import analyze, arch_hash, parse_architecture_json
 from uhnas.config import RunConfig, load_config
 from uhnas.data import dataset_spec
+from uhnas.errors import BackendError
 from uhnas.evaluate import Evaluation, NoisyAccuracy
-from uhnas.hardware.base import total_violation
+from uhnas.hardware.card import total_violation
 from uhnas.hardware.registry import load_backend
 from uhnas.search.engine import JOB_ID_STRIDE, SearchError, event_to_dict, hv_reference, run_search
 from uhnas.search.jobs import InlineExecutor, Job, JobResult, ResultCallback
@@ -264,7 +265,7 @@ def test_resume_of_a_finished_run_evaluates_nothing(tmp_path: Path) -> None:
 def test_bad_method_or_backend_fails_before_creating_the_run(tmp_path: Path) -> None:
     with pytest.raises(SearchError, match="unknown method 'nope'; known: "):
         run_search(tiny("method=nope"), tmp_path / "a")
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(BackendError, match="unknown backend"):
         run_search(tiny("backend=no-such-backend"), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert "nsga2" in method_names()

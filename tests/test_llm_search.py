@@ -29,7 +29,7 @@ from llm_responders import (
 from uhnas.arch import parse_architecture
 from uhnas.config import RunConfig
 from uhnas.data import dataset_spec
-from uhnas.hardware.base import Violation
+from uhnas.hardware.card import Violation
 from uhnas.hardware.registry import load_backend
 from uhnas.llm.cache import CallLog
 from uhnas.llm.errors import BudgetExceeded, CacheMiss, LLMError, LLMRetriesExhausted, LLMUnavailable

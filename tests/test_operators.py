@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from uhnas.arch import Architecture, analyze, arch_hash, canonical_json, parse_architecture
 from uhnas.arch.model import Conv2d, Linear
 from uhnas.hardware.registry import load_backend
+from uhnas.records import TrialRecord
 from uhnas.search.engine import propose_slot
 from uhnas.search.operators.base import Operator, OperatorContext, Proposal, ProposalError
 from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, MUTATIONS, WIDTHS, RandomOperator
 from uhnas.seeding import numpy_rng
-from uhnas.store import TrialRecord
 
 DIGITS = ((1, 8, 8), 10)
 MNIST = ((1, 28, 28), 10)

@@ -388,8 +388,8 @@ def _front_table(rows: list[dict[str, Any]], title: str) -> Table:
 
 
 def _write_plot(out: Path, records: list[Any], title: str, objective: str) -> Path:
+    from uhnas.records import feasible_front
     from uhnas.report.pareto import plot_pareto
-    from uhnas.store import feasible_front
 
     evaluated = [r for r in records if not r.failed]
     front = {r.number for r in feasible_front(records)}

@@ -13,12 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from uhnas.errors import ConfigError
+
 Objective = Literal["mean", "clean", "p5"]
 ExecutorKind = Literal["process", "inline", "ray"]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be loaded; the message is one line naming the file and the key path."""
 
 
 class _Section(BaseModel):

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from platformdirs import user_cache_dir
 
+from uhnas.errors import DatasetError
+
 __all__ = [
     "DATASETS",
     "DATASET_SPECS",
@@ -73,10 +75,6 @@ IDX_LABELS_MAGIC = 0x00000801  # 2049: unsigned bytes, 1 dimension
 
 DOWNLOAD_TIMEOUT_S = 60.0  # seconds per connection attempt
 DOWNLOAD_CHUNK_BYTES = 1 << 20
-
-
-class DatasetError(Exception):
-    """A dataset cannot be found, downloaded or parsed; the message is one line fit for a CLI."""
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, build, forward_draws
+from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash
+from uhnas.arch.build import build, forward_draws
 from uhnas.data import Dataset, load_dataset, resolve_device
-from uhnas.hardware.base import Backend, RealizedModel, total_violation
+from uhnas.hardware.base import Backend, RealizedModel
+from uhnas.hardware.card import total_violation
 from uhnas.hardware.registry import load_backend
 from uhnas.seeding import derive_seed, torch_generator
 from uhnas.train import TrainConfig, train

@@ -1,12 +1,15 @@
-"""Architecture IR: typed layers, schema, shape inference, torch build, canonical hash, distance."""
+"""Architecture IR: typed layers, schema, shape inference, canonical hash, distance (no torch).
 
-from uhnas.arch.build import MatMul, Network, Program, attached, build, forward_draws
+The torch build of an architecture (`build`, the `MatMul` seams, `forward_draws`) is `uhnas.arch.build`,
+imported only where a network is trained or simulated, so reading, checking and hashing architectures (the
+search, its operators, the LLM layer) never loads torch.
+"""
+
 from uhnas.arch.canonical import arch_hash, canonical_json, structural_distance
 from uhnas.arch.model import (
     ACTIVATIONS,
     LAYER_TYPES,
     Architecture,
-    ArchitectureError,
     load_architecture,
     parse_architecture,
     parse_architecture_json,
@@ -14,6 +17,7 @@ from uhnas.arch.model import (
 )
 from uhnas.arch.schema import architecture_schema
 from uhnas.arch.shapes import DATA_FREE_LAYERS, ArchSummary, LayerInfo, analyze
+from uhnas.errors import ArchitectureError
 
 __all__ = [
     "ACTIVATIONS",
@@ -23,16 +27,10 @@ __all__ = [
     "Architecture",
     "ArchitectureError",
     "LayerInfo",
-    "MatMul",
-    "Network",
-    "Program",
     "analyze",
     "arch_hash",
     "architecture_schema",
-    "attached",
-    "build",
     "canonical_json",
-    "forward_draws",
     "load_architecture",
     "parse_architecture",
     "parse_architecture_json",

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from uhnas.errors import ArchitectureError
+
 # Limits: sized so that every candidate of a search on digits/MNIST trains in seconds to minutes on
 # one CPU core, and so that an LLM cannot ask for a network that exhausts a worker's memory.
 # They are design choices of uhnas (no external source); `uhnas arch schema` publishes them.
@@ -32,10 +34,6 @@ MAX_NAME = 80
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "square", "saturating")
 """Activation vocabulary. `square` is |x|^2, what a photodetector measures of an optical field;
 `saturating` is x / (1 + |x|), a smooth gain saturation (saturable absorber / amplifier)."""
-
-
-class ArchitectureError(ValueError):
-    """An architecture that cannot be built: the message is one line naming the layer and field."""
 
 
 class _Layer(BaseModel):

@@ -14,8 +14,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from uhnas.arch import ArchSummary, MatMul, Network, Program
-from uhnas.hardware.base import BackendCard, EnergyReport, RealizedModel, Violation
+from uhnas.arch import ArchSummary
+from uhnas.arch.build import MatMul, Network, Program
+from uhnas.hardware.base import RealizedModel
+from uhnas.hardware.card import BackendCard, EnergyReport, Violation
 from uhnas.hardware.precision import BYTES_PER_VALUE, Precision, round_to, straight_through
 from uhnas.hardware.registry import BackendFamily, Preset, validate_params
 

@@ -17,14 +17,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from uhnas.errors import BackendError
 from uhnas.hardware.base import Backend
 
 ENTRY_POINT_GROUP = "uhnas.backends"
 OVERRIDE_SOURCE = "user override"
-
-
-class BackendError(ValueError):
-    """A backend that cannot be loaded or configured; the message is one line."""
 
 
 class Constant(BaseModel):

@@ -12,8 +12,10 @@ import math
 
 import torch
 
-from uhnas.arch import Network, analyze, build, parse_architecture
-from uhnas.hardware.base import Backend, BackendCard, EnergyReport, RealizedModel, Violation
+from uhnas.arch import analyze, parse_architecture
+from uhnas.arch.build import Network, build, forward_draws
+from uhnas.hardware.base import Backend, RealizedModel
+from uhnas.hardware.card import BackendCard, EnergyReport, Violation
 
 INPUT_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
@@ -116,7 +118,6 @@ def check_ideal_limit(ideal: Backend) -> None:
 
 def check_training_programs(backend: Backend) -> None:
     """training_programs() is None or differentiable programs that let gradients reach the weights."""
-    from uhnas.arch import forward_draws
 
     model = _network(_mlp(16)).train()
     programs = backend.training_programs(model, _generator(0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uhnas.errors import UhnasError
+
 __all__ = [
     "BudgetExceeded",
     "CacheMiss",
@@ -20,7 +22,7 @@ def one_line(text: object, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-class LLMError(Exception):
+class LLMError(UhnasError):
     """Base class of every LLM-layer failure; the message is a single line."""
 
     def __init__(self, message: str, *, call_id: int | None = None) -> None:

@@ -43,7 +43,9 @@ import uhnas
 from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, structural_distance, to_json
 from uhnas.arch.model import Activation, Conv2d, Flatten, Linear, MaxPool
 from uhnas.config import RunConfig, config_differences, load_config
-from uhnas.hardware.base import Backend, BackendCard
+from uhnas.errors import SearchError
+from uhnas.hardware.base import Backend
+from uhnas.hardware.card import BackendCard
 from uhnas.hardware.registry import load_backend
 from uhnas.llm.errors import LLMError
 from uhnas.llm.propose import ProposalFailed
@@ -54,12 +56,13 @@ from uhnas.metrics import (
     reference_point,
     robustness_summary,
 )
+from uhnas.records import TrialRecord, feasible_front, front_hypervolume, objective_accuracy
 from uhnas.search.jobs import EvalSettings, Executor, Job, JobResult
 from uhnas.search.methods import METHODS, MethodSetup, SearchMethod, make_method, method_names
 from uhnas.search.operators.base import OperatorContext, Proposal
 from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, WIDTHS, random_architecture
 from uhnas.seeding import numpy_rng
-from uhnas.store import RunStore, TrialRecord, feasible_front, front_hypervolume, objective_accuracy
+from uhnas.store import RunStore
 
 JOB_ID_STRIDE = 1_000_000  # a job's id is generation * JOB_ID_STRIDE + slot (stable across resumes)
 RECENT = 16  # candidates shown to operators as `recent`
@@ -75,10 +78,6 @@ RESUME_EXEMPT = (  # config keys that may change on resume (where and how, not w
     "llm.max_retries",
 )
 REFERENCE_SAMPLE = 256  # fixed random draws of the initializer that bound the space's energy (hv_reference)
-
-
-class SearchError(ValueError):
-    """A run that cannot start or resume; the message is one line."""
 
 
 # ----------------------------------------------------------------------------- progress events

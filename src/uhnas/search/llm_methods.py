@@ -53,10 +53,10 @@ from uhnas.llm.cache import ResponseCache
 from uhnas.llm.client import LLMClient, LLMConfig, PriceTable
 from uhnas.llm.errors import LLMError
 from uhnas.llm.prompting import llmatic_instructions
+from uhnas.records import TrialRecord
 from uhnas.search.methods import NSGA2, MethodSetup, SearchMethod, nsga2_survival
 from uhnas.search.operators.base import OperatorContext, Proposal
 from uhnas.search.operators.llm import LLMOperator
-from uhnas.store import TrialRecord
 
 __all__ = [
     "BACKOFF_BASE_S",

@@ -39,15 +39,12 @@ import optuna
 from uhnas.arch import ACTIVATIONS, Architecture
 from uhnas.arch.model import Activation, AvgPool, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool
 from uhnas.config import RunConfig
+from uhnas.errors import MethodError
+from uhnas.records import TrialRecord
 from uhnas.search.operators.base import Operator, OperatorContext, Proposal, ProposalError
 from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, WIDTHS, RandomOperator
 from uhnas.search.selection import binary_tournament, rank_and_crowding, survive
 from uhnas.seeding import derive_seed
-from uhnas.store import TrialRecord
-
-
-class MethodError(ValueError):
-    """An unknown or unloadable method name; the message is one line listing the known ones."""
 
 
 @dataclass(frozen=True)

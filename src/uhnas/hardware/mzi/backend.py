@@ -36,8 +36,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from uhnas.arch import ArchSummary, MatMul, Network, Program
-from uhnas.hardware.base import BackendCard, EnergyReport, RealizedModel, Violation
+from uhnas.arch import ArchSummary
+from uhnas.arch.build import MatMul, Network, Program
+from uhnas.hardware.base import RealizedModel
+from uhnas.hardware.card import BackendCard, EnergyReport, Violation
 from uhnas.hardware.mzi import energy
 from uhnas.hardware.mzi.mesh import MeshNoise, MeshStack, clements_decompose_many, compiled_inputs, mesh_matrices
 from uhnas.hardware.mzi.noise import (

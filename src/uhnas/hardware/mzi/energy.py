@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from uhnas.arch import ArchSummary, LayerInfo
-from uhnas.hardware.base import EnergyReport
+from uhnas.hardware.card import EnergyReport
 
 if TYPE_CHECKING:
     from uhnas.hardware.mzi.backend import MZIParams

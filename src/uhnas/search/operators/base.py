@@ -18,8 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from uhnas.arch import Architecture
-from uhnas.hardware.base import BackendCard
-from uhnas.store import TrialRecord
+from uhnas.hardware.card import BackendCard
+from uhnas.records import TrialRecord
 
 
 class ProposalError(ValueError):

@@ -67,16 +67,16 @@ from uhnas.arch.model import (
     MaxPool,
 )
 from uhnas.arch.shapes import ArchSummary
-from uhnas.hardware.base import EnergyReport, Violation
+from uhnas.hardware.card import EnergyReport, Violation
 from uhnas.llm.client import LLMClient
 from uhnas.llm.errors import one_line
 from uhnas.llm.knowledge import KnowledgeBase
 from uhnas.llm.prompting import compact_layers, quote, render_messages, sanitize
 from uhnas.llm.propose import ERROR_CHARS, Attempt, ProposalFailed, propose
+from uhnas.records import TrialRecord
 from uhnas.search.operators.base import Operator, OperatorContext, Proposal, ProposalError
 from uhnas.search.operators.random import RandomOperator
 from uhnas.seeding import derive_seed
-from uhnas.store import TrialRecord
 
 __all__ = [
     "FALLBACK_OPERATOR",

@@ -19,8 +19,8 @@ import numpy as np
 
 from uhnas.arch import ACTIVATIONS, Architecture, ArchitectureError, analyze, canonical_json
 from uhnas.arch.model import Activation, AvgPool, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool
+from uhnas.records import TrialRecord
 from uhnas.search.operators.base import OperatorContext, Proposal, ProposalError
-from uhnas.store import TrialRecord
 
 WIDTHS = (8, 16, 32, 64, 128, 256, 512)  # hidden linear widths the operators sample
 CHANNELS = (4, 8, 16, 32, 64)  # conv output channels
