@@ -41,12 +41,17 @@ class MethodError(UhnasError):
     """An unknown search method, or one whose plugin cannot be loaded."""
 
 
+class ProposalError(UhnasError):
+    """An operator could not produce a valid architecture this attempt (the engine asks again); one line."""
+
+
 __all__ = [
     "ArchitectureError",
     "BackendError",
     "ConfigError",
     "DatasetError",
     "MethodError",
+    "ProposalError",
     "SearchError",
     "StoreError",
     "UhnasError",

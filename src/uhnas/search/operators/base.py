@@ -18,12 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from uhnas.arch import Architecture
+from uhnas.errors import ProposalError
 from uhnas.hardware.card import BackendCard
 from uhnas.records import TrialRecord
-
-
-class ProposalError(ValueError):
-    """An operator could not produce a valid architecture this attempt; the message is one line."""
 
 
 @dataclass(frozen=True)
