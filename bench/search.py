@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from uhnas.config import RunConfig, load_config
-from uhnas.search.engine import Event, RunResult, eval_settings, run_search
+from uhnas.search.engine import RunResult, eval_settings, run_search
+from uhnas.search.events import Event
 from uhnas.search.executor import ProcessExecutor, available_cores
 from uhnas.search.jobs import Job
 from uhnas.search.methods import method_names

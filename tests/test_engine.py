@@ -17,11 +17,12 @@ import pytest
 from uhnas.arch import analyze, arch_hash, parse_architecture_json
 from uhnas.config import RunConfig, load_config
 from uhnas.data import dataset_spec
-from uhnas.errors import BackendError
+from uhnas.errors import BackendError, SearchError
 from uhnas.evaluate import Evaluation, NoisyAccuracy
 from uhnas.hardware.card import total_violation
 from uhnas.hardware.registry import load_backend
-from uhnas.search.engine import JOB_ID_STRIDE, SearchError, event_to_dict, hv_reference, run_search
+from uhnas.search.engine import JOB_ID_STRIDE, hv_reference, run_search
+from uhnas.search.events import event_to_dict
 from uhnas.search.jobs import InlineExecutor, Job, JobResult, ResultCallback
 from uhnas.search.methods import METHODS, MethodSetup, method_names, register_method
 from uhnas.search.operators.base import OperatorContext, Proposal

@@ -1,8 +1,9 @@
 """The `uhnas` command: architecture tools, single evaluations, backends, searches and their results.
 
 Every command prints a readable table by default and one JSON document with `--json`. Errors in the
-user's input (files, flags, configs, architectures) end with a one-line `error: ...` on stderr and
-exit code 2; nothing prints a traceback unless UHNAS_DEBUG=1.
+user's input (files, flags, configs, architectures: `uhnas.errors.UhnasError`) end with a one-line
+`error: ...` on stderr and exit code 2 (UHNAS_DEBUG=1 shows their traceback too); any other exception is a
+bug and prints its traceback and exits 1.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from uhnas import __version__
 from uhnas.allocator import keep_freed_memory
+from uhnas.errors import UhnasError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -43,51 +47,34 @@ console = Console()
 EXIT_USAGE = 2
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is a complete one-line explanation for the user."""
-    from uhnas.arch import ArchitectureError
-    from uhnas.data import DatasetError
-    from uhnas.hardware.registry import BackendError
-
-    errors: list[type[BaseException]] = [
-        CLIError,
-        ArchitectureError,
-        DatasetError,
-        BackendError,
-        ValueError,
-        FileNotFoundError,
-    ]
-    try:
-        from uhnas.llm.errors import LLMError
-
-        errors.append(LLMError)
-    except ImportError:  # the LLM layer is optional for the non-LLM commands
-        pass
-    return tuple(errors)
+class CLIError(UhnasError):
+    """A wrong combination of flags or a missing run directory: printed as one line, exit code 2."""
 
 
 @contextmanager
 def cli_errors() -> Iterator[None]:
-    """Turn expected failures into `error: <one line>` + exit 2, and anything else into one line + exit 1."""
+    """A user-fixable error (UhnasError) becomes `error: <one line>` and exit 2; anything else is a bug.
+
+    A bug keeps its traceback (printed by Python) after a one-line hint, and exits 1.
+    """
     try:
         yield
     except typer.Exit:
         raise
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo("\ninterrupted", err=True)
         raise typer.Exit(130) from None
-    except Exception as error:  # the last line of defence: never a bare traceback
+    except UhnasError as error:
         if os.environ.get("UHNAS_DEBUG"):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, _user_errors()):
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(EXIT_USAGE) from None
-        typer.echo(f"internal error: {type(error).__name__}: {message} (set UHNAS_DEBUG=1 for the traceback)", err=True)
+        text = str(error).strip()
+        typer.echo(f"error: {text.splitlines()[0] if text else type(error).__name__}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except Exception:
+        traceback.print_exc()
+        typer.echo(
+            f"internal error: this is a bug in uhnas {__version__}; please report it with the traceback above", err=True
+        )
         raise typer.Exit(1) from None
 
 

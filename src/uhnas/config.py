@@ -43,6 +43,7 @@ class ExecutorConfig(_Section):
     ray_address: str | None = None  # e.g. "ray://head:10001"; None starts or joins a local Ray
     num_cpus: float = Field(default=1.0, gt=0)  # Ray resources per candidate
     num_gpus: float = Field(default=0.0, ge=0)
+    max_identical_failures: int | None = Field(default=8, ge=1)  # stop after this many identical failures in a row
 
 
 class EvolutionConfig(_Section):

@@ -88,6 +88,16 @@ def broken_families() -> dict[str, str]:
     return _discover()[1]
 
 
+def _broken_note() -> str:
+    """'; plugins that failed to load: name (entry point: error), ...' or '' — so a broken plugin is not hidden."""
+    broken = broken_families()
+    if not broken:
+        return ""
+    return "; plugins that failed to load: " + ", ".join(
+        f"{name} ({reason})" for name, reason in sorted(broken.items())
+    )
+
+
 def _read_preset(path: Path) -> Preset:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -146,7 +156,9 @@ def load_preset(spec: str) -> Preset:
         return _read_preset(path)
     paths = preset_paths()
     if spec not in paths:
-        raise BackendError(f"unknown backend {spec!r}; installed: {', '.join(sorted(paths))} (or pass a YAML file)")
+        raise BackendError(
+            f"unknown backend {spec!r}; installed: {', '.join(sorted(paths))} (or pass a YAML file)" + _broken_note()
+        )
     return _read_preset(paths[spec])
 
 
@@ -157,7 +169,7 @@ def load_backend(spec: str, overrides: Iterable[str] | dict[str, Any] = ()) -> B
     if family is None:
         raise BackendError(
             f"backend {preset.name!r} needs family {preset.family!r}, which is not installed; installed: "
-            f"{', '.join(sorted(families()))}"
+            f"{', '.join(sorted(families()))}" + _broken_note()
         )
     return family.build(preset)
 

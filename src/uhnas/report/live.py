@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from uhnas.search.engine import CandidateDone, Event, GenerationDone, GenerationStarted, RunFinished, RunStarted
+from uhnas.search.events import CandidateDone, Event, GenerationDone, GenerationStarted, RunFinished, RunStarted
 
 
 def _duration(seconds: float | None) -> str:

@@ -30,37 +30,39 @@ The engine never prints: it reports through `progress(event)` callbacks (see the
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import uhnas
-from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, structural_distance, to_json
+from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, to_json
 from uhnas.arch.model import Activation, Conv2d, Flatten, Linear, MaxPool
-from uhnas.config import RunConfig, config_differences, load_config
-from uhnas.errors import SearchError
+from uhnas.config import RunConfig, config_differences
+from uhnas.errors import ProposalError, SearchError
 from uhnas.hardware.base import Backend
 from uhnas.hardware.card import BackendCard
 from uhnas.hardware.registry import load_backend
-from uhnas.llm.errors import LLMError
-from uhnas.llm.propose import ProposalFailed
 from uhnas.metrics import (
     DEFAULT_ENERGY_MARGIN_DECADES,
-    energy_range_decades,
-    mean_pairwise_distance,
     reference_point,
-    robustness_summary,
 )
 from uhnas.records import TrialRecord, feasible_front, front_hypervolume, objective_accuracy
-from uhnas.search.jobs import EvalSettings, Executor, Job, JobResult
-from uhnas.search.methods import METHODS, MethodSetup, SearchMethod, make_method, method_names
+from uhnas.search.events import (
+    CandidateDone,
+    Event,
+    GenerationDone,
+    GenerationStarted,
+    ProgressCallback,
+    RunFinished,
+    RunStarted,
+)
+from uhnas.search.jobs import BUG, USER_ERROR, EvalSettings, Executor, Job, JobResult
+from uhnas.search.methods import MethodSetup, SearchMethod, make_method, method_names
 from uhnas.search.operators.base import OperatorContext, Proposal
 from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, WIDTHS, random_architecture
+from uhnas.search.summary import run_summary
 from uhnas.seeding import numpy_rng
 from uhnas.store import RunStore
 
@@ -78,98 +80,6 @@ RESUME_EXEMPT = (  # config keys that may change on resume (where and how, not w
     "llm.max_retries",
 )
 REFERENCE_SAMPLE = 256  # fixed random draws of the initializer that bound the space's energy (hv_reference)
-
-
-# ----------------------------------------------------------------------------- progress events
-
-
-@dataclass(frozen=True)
-class RunStarted:
-    """The run begins (or resumes): its budget and what is already done."""
-
-    method: str
-    out: str
-    budget: int
-    done: int
-    population: int
-    generations: int
-    offspring: int
-    resumed: bool
-    backend: str
-    dataset: str
-    seed: int
-    hv_reference: tuple[float, float]
-    kind: str = "run_started"
-
-
-@dataclass(frozen=True)
-class GenerationStarted:
-    """A generation's proposals are made; `to_evaluate` of its slots will be trained now."""
-
-    generation: int
-    generations: int
-    slots: int
-    to_evaluate: int
-    done: int
-    budget: int
-    kind: str = "generation_started"
-
-
-@dataclass(frozen=True)
-class CandidateDone:
-    """One candidate stored: kind "candidate_evaluated" or "candidate_failed", with its record."""
-
-    record: TrialRecord
-    generation: int
-    done: int
-    budget: int
-    elapsed_s: float
-    kind: str = "candidate_evaluated"
-
-
-@dataclass(frozen=True)
-class GenerationDone:
-    """A generation finished: hypervolume of everything so far, front and population sizes, timing."""
-
-    generation: int
-    generations: int
-    hypervolume: float
-    front_size: int
-    population_size: int
-    done: int
-    budget: int
-    failures: int
-    elapsed_s: float
-    eta_s: float | None
-    engine_seconds: float
-    kind: str = "generation_done"
-
-
-@dataclass(frozen=True)
-class RunFinished:
-    """The budget is spent: final hypervolume and the run summary (diversity, robustness)."""
-
-    hypervolume: float
-    done: int
-    budget: int
-    elapsed_s: float
-    engine_seconds: float
-    summary: dict[str, Any]
-    kind: str = "run_finished"
-
-
-Event = RunStarted | GenerationStarted | CandidateDone | GenerationDone | RunFinished
-ProgressCallback = Callable[[Event], None]
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    """A JSON-ready dict of an event (records as their dicts)."""
-    data = {k: v for k, v in event.__dict__.items() if k != "record"}
-    if isinstance(event, CandidateDone):
-        data["record"] = event.record.to_dict()
-    if isinstance(event, RunStarted):
-        data["hv_reference"] = list(event.hv_reference)
-    return data
 
 
 @dataclass
@@ -304,14 +214,7 @@ def propose_slot(
         context = base.with_attempt(slot, attempt, rng, rejected)
         try:
             proposal = method.propose(context)
-        except LLMError as error:
-            if not isinstance(error, ProposalFailed):
-                raise  # budget spent, retries exhausted, replay diverged: stop the run; stored trials stay
-            reason = _one_line(error)
-            method.rejected(context, None, reason)
-            rejected.append(reason)
-            continue
-        except Exception as error:  # operators may fail in any way; the slot records why
+        except (ProposalError, ArchitectureError) as error:  # expected: no valid proposal this attempt
             reason = _one_line(error)
             method.rejected(context, None, reason)
             rejected.append(reason)
@@ -340,6 +243,52 @@ def estimated_cost(arch: Architecture, input_shape: tuple[int, ...], num_classes
     return summary.macs + summary.params
 
 
+class EvaluationBug(RuntimeError):
+    """An evaluation raised an exception that is a bug in uhnas or a library; carries the worker's traceback."""
+
+
+def check_result(result: JobResult, template: TrialRecord) -> None:
+    """Stop the run on an evaluation that failed for a reason no other candidate would escape.
+
+    A `UhnasError` in the worker (missing dataset, bad backend, no CUDA) is a one-line SearchError; any other
+    exception is an EvaluationBug with the worker's traceback. Stored trials stay, so the run resumes once fixed.
+    """
+    kind = result.details.get("kind")
+    where = f"candidate {template.generation}.{template.slot}"
+    if kind == USER_ERROR:
+        raise SearchError(f"{where}: {result.reason}")
+    if kind == BUG:
+        trace = "\n".join(result.details.get("traceback") or [])
+        raise EvaluationBug(f"evaluating {where} ({template.hash}) raised {result.reason}\n{trace}")
+
+
+class FailureStreak:
+    """Stops a run whose evaluations keep failing with the same error instead of spending its budget on them.
+
+    Counts consecutive candidates whose evaluation produced no result (timeout, crashed or killed worker,
+    memory limit) with an identical reason; a result, or a failure the evaluation itself reports (e.g. training
+    diverged), resets the count.
+    """
+
+    def __init__(self, limit: int | None, out: Path) -> None:
+        self.limit, self.out = limit, out
+        self.reason: str | None = None
+        self.count = 0
+
+    def add(self, result: JobResult) -> None:
+        """Count one stored result; SearchError when `limit` identical failures came in a row."""
+        if not result.failed or result.evaluation is not None:
+            self.reason, self.count = None, 0
+            return
+        self.count = self.count + 1 if result.reason == self.reason else 1
+        self.reason = result.reason
+        if self.limit is not None and self.count >= self.limit:
+            raise SearchError(
+                f"stopped after {self.count} evaluations in a row failed with the same error: {self.reason} "
+                f"(their trials are stored; fix the cause, then `uhnas search --resume {self.out}`)"
+            )
+
+
 def finish_record(template: TrialRecord, result: JobResult, objective: str) -> TrialRecord:
     """The stored record of an evaluated candidate: objectives from the evaluation, or FAIL with the reason."""
     ev = result.evaluation
@@ -357,44 +306,6 @@ def finish_record(template: TrialRecord, result: JobResult, objective: str) -> T
     record.error, record.energy_nj = 1.0 - float(accuracy), float(energy)
     record.violation = float(ev.get("total_violation") or 0.0)
     return record
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-def run_summary(
-    history: Sequence[TrialRecord], population: Sequence[TrialRecord], reference: Sequence[float]
-) -> dict[str, Any]:
-    """Final metrics: counts, hypervolume, diversity of population and front, robustness of the front."""
-    front = feasible_front(history)
-    evaluated = [r for r in history if not r.failed]
-    front_archs = [r.architecture for r in front]
-    population_archs = [r.architecture for r in population if r.arch is not None]
-    robustness = None
-    if front:
-        clean = [r.accuracy("clean") or 0.0 for r in front]
-        noisy = [r.accuracy("mean") or 0.0 for r in front]
-        p5 = [r.accuracy("p5") or 0.0 for r in front]
-        robustness = robustness_summary(clean, noisy, p5)
-    return {
-        "evaluations": len(history),
-        "completed": len(evaluated),
-        "failed": len(history) - len(evaluated),
-        "feasible": sum(r.feasible for r in history),
-        "hypervolume": front_hypervolume(history, reference),
-        "front_size": len(front),
-        "front": [r.number for r in front],
-        "best_error": min((r.error for r in front), default=None),
-        "min_energy_nj": min((r.energy_nj for r in front), default=None),
-        "diversity": {
-            "distinct_architectures": len({r.hash for r in history if r.hash}),
-            "front_distinct_architectures": len({r.hash for r in front}),
-            "population_mean_distance": mean_pairwise_distance(population_archs, structural_distance),
-            "front_mean_distance": mean_pairwise_distance(front_archs, structural_distance),
-            "front_energy_range_decades": energy_range_decades([r.energy_nj for r in front]),
-        },
-        "robustness": robustness,
-    }
 
 
 # ----------------------------------------------------------------------------- the run
@@ -484,6 +395,7 @@ class _Search:
         self.start = start
         self.waiting_s = 0.0  # time blocked on evaluations (executor start-up and run, minus our callbacks)
         self.evaluated_here = 0
+        self.failures = FailureStreak(config.executor.max_identical_failures, out)
         self.history: list[TrialRecord] = []
         self.population: list[TrialRecord] = []
         self.known: dict[str, tuple[int, int]] = {}
@@ -662,9 +574,11 @@ class _Search:
             t0 = time.perf_counter()
             template = templates.pop(result.job_id, None)
             if template is not None:
+                check_result(result, template)  # a setup error or a bug stops the run; this candidate stays unstored
                 record = finish_record(template, result, self.config.objective)
                 records[record.slot] = self.store_record(record)
                 self.evaluated_here += 1
+                self.failures.add(result)
             callback_s += time.perf_counter() - t0
 
         executor = self.ensure_executor()
@@ -783,7 +697,7 @@ def run_search(
     """
     start = time.perf_counter()
     out = Path(out)
-    if config.method not in METHODS:
+    if config.method not in method_names():
         raise SearchError(f"unknown method {config.method!r}; known: {', '.join(method_names())}")
     backend = load_backend(config.backend, list(config.backend_overrides))
     shape = _dataset_shape(config)
@@ -809,38 +723,11 @@ def run_search(
         search.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m uhnas.search.engine CONFIG OUT [--resume] [key=value ...]`: a search without any output."""
-    parser = argparse.ArgumentParser(
-        prog="python -m uhnas.search.engine", description="Run a uhnas search (no output; see the store)."
-    )
-    parser.add_argument("config")
-    parser.add_argument("out")
-    parser.add_argument("overrides", nargs="*", help="key.path=value")
-    parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
-    run_search(load_config(args.config, args.overrides), args.out, resume=args.resume)
-    return 0
-
-
 __all__ = [
-    "CandidateDone",
-    "Event",
-    "GenerationDone",
-    "GenerationStarted",
-    "ProgressCallback",
-    "RunFinished",
     "RunResult",
-    "RunStarted",
-    "SearchError",
     "eval_settings",
-    "event_to_dict",
     "hv_reference",
     "propose_slot",
     "reference_architectures",
     "run_search",
-    "run_summary",
 ]
-
-if __name__ == "__main__":
-    sys.exit(main())

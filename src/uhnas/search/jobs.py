@@ -13,6 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from uhnas.errors import UhnasError
+
+USER_ERROR = "user-error"  # JobResult.details["kind"]: the run's configuration or environment is wrong
+BUG = "bug"  # JobResult.details["kind"]: an exception that is a bug in uhnas or a library
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
 
 @dataclass(frozen=True)
 class EvalSettings:
@@ -71,10 +82,17 @@ class Executor(Protocol):
 
 
 def run_job(job: Job) -> JobResult:
-    """Evaluate one job in this process; every exception becomes a failed result with its reason."""
+    """Evaluate one job in this process; never raises: an exception comes back as a failed result, classified.
+
+    An impossible architecture or an exhausted memory allocation is the candidate's failure (stored as a FAIL
+    trial). A `UhnasError` (missing dataset, bad backend, unavailable device) is the run's (details kind
+    USER_ERROR) and any other exception is a bug in uhnas (details kind BUG, with the full traceback): the
+    engine stops the run on either instead of recording every candidate as failed.
+    """
     from uhnas.arch import ArchitectureError, parse_architecture_json  # imported here: torch loads only in workers
     from uhnas.evaluate import evaluate
     from uhnas.hardware.registry import load_backend
+    from uhnas.search.executor import is_allocation_failure
     from uhnas.train import TrainConfig
 
     start = time.perf_counter()
@@ -100,12 +118,17 @@ def run_job(job: Job) -> JobResult:
             data_dir=s.data_dir,
             train_infeasible=s.train_infeasible,
         )
-    except ArchitectureError as error:
+    except ArchitectureError as error:  # the candidate itself is impossible: a failed trial
         return JobResult(job.job_id, None, True, f"invalid architecture: {error}", time.perf_counter() - start)
-    except Exception as error:  # a candidate may fail in any way; the search records it and goes on
-        tail = traceback.format_exc().strip().splitlines()[-6:]
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
-        return JobResult(job.job_id, None, True, reason, time.perf_counter() - start, {"traceback": tail})
+    except UhnasError as error:  # the run's setup (dataset, backend, device) is wrong: no candidate can succeed
+        details = {"kind": USER_ERROR, "error_type": type(error).__name__}
+        return JobResult(job.job_id, None, True, _one_line(error), time.perf_counter() - start, details)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {_one_line(error)}"
+        if isinstance(error, MemoryError) or is_allocation_failure(reason):  # a resource limit: a failed trial
+            return JobResult(job.job_id, None, True, reason, time.perf_counter() - start)
+        details = {"kind": BUG, "traceback": traceback.format_exc().strip().splitlines()}
+        return JobResult(job.job_id, None, True, reason, time.perf_counter() - start, details)
     data = evaluation.to_dict()
     return JobResult(job.job_id, data, bool(evaluation.failed), evaluation.reason, time.perf_counter() - start)
 
