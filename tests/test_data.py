@@ -31,6 +31,7 @@ from uhnas.data import (
     resolve_device,
     stratified_split,
 )
+from uhnas.errors import ConfigError
 
 N_TRAIN = 48  # samples in the generated IDX training set: 44 train / 4 validation (1/12)
 N_TEST = 12
@@ -144,7 +145,7 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device() == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match="CUDA is not available"):
+    with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve_device("cuda")
 
 

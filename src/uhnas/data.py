@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from platformdirs import user_cache_dir
 
-from uhnas.errors import DatasetError
+from uhnas.errors import ConfigError, DatasetError
 
 __all__ = [
     "DATASETS",
@@ -135,7 +135,7 @@ class Dataset:
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if tuple(x.shape[1:]) != tuple(self.input_shape) or x.shape[0] != y.shape[0] or y.ndim != 1:
-                raise ValueError(
+                raise DatasetError(
                     f"dataset {self.name!r}: {split} split has x {tuple(x.shape)} and y {tuple(y.shape)}, "
                     f"expected (N, {', '.join(map(str, self.input_shape))}) and (N,)"
                 )
@@ -172,10 +172,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         try:
             resolved = torch.device(device)
         except RuntimeError as exc:
-            raise ValueError(f"unknown device {device!r}: {exc}") from None
+            raise ConfigError(f"unknown device {device!r}: {exc}") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(resolved)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+            raise ConfigError(f"device {str(resolved)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
         if resolved.index is None:  # name one GPU, so "cuda" and "cuda:0" share a cached dataset
             resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved

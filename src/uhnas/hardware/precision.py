@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from uhnas.errors import BackendError
+
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 BYTES_PER_VALUE: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
@@ -31,7 +33,7 @@ def round_to(x: Tensor, precision: str) -> Tensor:
         return x.to(torch.bfloat16).to(x.dtype)
     if precision == "int8":
         return quantize_symmetric(x, 8)
-    raise ValueError(f"unknown precision {precision!r}; expected fp32, fp16, bf16 or int8")
+    raise BackendError(f"unknown precision {precision!r}; expected fp32, fp16, bf16 or int8")
 
 
 def straight_through(x: Tensor, quantized: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from multiprocessing import connection, get_context, parent_process
 from typing import TYPE_CHECKING, Any
 
 from uhnas.allocator import keep_freed_memory
+from uhnas.errors import ConfigError
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -647,7 +648,7 @@ class RayExecutor:
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(ray_task)
 
     def capacity(self) -> int:
-        """How many of this executor's tasks the cluster can run at once; RuntimeError if not even one."""
+        """How many of this executor's tasks the cluster can run at once; ConfigError if not even one."""
         if self.num_cpus == 0 and self.num_gpus == 0:
             return sys.maxsize
         resources = self._ray.cluster_resources()
@@ -656,7 +657,7 @@ class RayExecutor:
             if need > 0:
                 have = resources.get(name, 0.0)
                 if have < need:  # Ray would queue the tasks forever
-                    raise RuntimeError(f"each job asks for {need:g} {name}, but the Ray cluster has {have:g}")
+                    raise ConfigError(f"each job asks for {need:g} {name}, but the Ray cluster has {have:g}")
                 limits.append(have / need)
         return max(1, math.floor(min(limits) + 1e-9))
 
