@@ -17,16 +17,17 @@ import pytest
 from uhnas.arch import analyze, arch_hash, parse_architecture_json
 from uhnas.config import RunConfig, load_config
 from uhnas.data import dataset_spec
-from uhnas.errors import BackendError, SearchError
+from uhnas.errors import BackendError, MethodError, SearchError
 from uhnas.evaluate import Evaluation, NoisyAccuracy
 from uhnas.hardware.card import total_violation
 from uhnas.hardware.registry import load_backend
-from uhnas.search.engine import JOB_ID_STRIDE, hv_reference, run_search
+from uhnas.search.engine import JOB_ID_STRIDE, run_search
 from uhnas.search.events import event_to_dict
 from uhnas.search.jobs import InlineExecutor, Job, JobResult, ResultCallback
-from uhnas.search.methods import METHODS, MethodSetup, method_names, register_method
+from uhnas.search.methods import MethodSetup, method_names, register_method, unregister_method
 from uhnas.search.operators.base import OperatorContext, Proposal
 from uhnas.search.operators.random import RandomOperator
+from uhnas.search.reference import hv_reference
 from uhnas.seeding import numpy_rng
 from uhnas.store import TrialRecord, open_run
 
@@ -162,7 +163,7 @@ def test_short_nsga2_run_with_real_evaluations(tmp_path: Path) -> None:
 LLM_METHODS = {"uhnas", "llmatic", "genius"}  # need a language model: covered in tests/test_llm_search.py
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - LLM_METHODS))
+@pytest.mark.parametrize("method", sorted(set(method_names()) - LLM_METHODS))
 def test_every_method_runs_a_tiny_budget(tmp_path: Path, method: str) -> None:
     config = tiny(f"method={method}", "offspring=3")
     executor = SyntheticExecutor()
@@ -209,7 +210,7 @@ def test_known_architecture_is_never_trained_again_and_the_failure_is_recorded(t
         executor = SyntheticExecutor()
         run_search(config, tmp_path / "run", executor=executor)
     finally:
-        METHODS.pop("stubborn-test")
+        unregister_method("stubborn-test")
     records = check_complete(tmp_path / "run", config)
     assert executor.jobs == 1
     failed = [r for r in records if r.failed]
@@ -264,7 +265,7 @@ def test_resume_of_a_finished_run_evaluates_nothing(tmp_path: Path) -> None:
 
 
 def test_bad_method_or_backend_fails_before_creating_the_run(tmp_path: Path) -> None:
-    with pytest.raises(SearchError, match="unknown method 'nope'; known: "):
+    with pytest.raises(MethodError, match="unknown method 'nope'; installed: "):
         run_search(tiny("method=nope"), tmp_path / "a")
     with pytest.raises(BackendError, match="unknown backend"):
         run_search(tiny("backend=no-such-backend"), tmp_path / "b")
@@ -331,7 +332,7 @@ class DyingExecutor(InlineExecutor):
         return []
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - LLM_METHODS))
+@pytest.mark.parametrize("method", sorted(set(method_names()) - LLM_METHODS))
 def test_interrupted_mid_generation_resumes_like_an_uninterrupted_run(tmp_path: Path, method: str) -> None:
     config = tiny(f"method={method}", "generations=3", "offspring=3")
     with pytest.raises(Killed):

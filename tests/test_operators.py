@@ -1,4 +1,5 @@
-"""Conventional operators: always valid, deterministic for a seed, every mutation kind used; dedup in propose_slot."""
+"""Conventional operators: always valid and inside the space, deterministic for a seed, every mutation kind used;
+dedup in propose_slot."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uhnas.arch import Architecture, analyze, arch_hash, canonical_json, parse_architecture
-from uhnas.arch.model import Conv2d, Linear
+from uhnas.arch.model import Conv2d
 from uhnas.hardware.registry import load_backend
 from uhnas.records import TrialRecord
 from uhnas.search.engine import propose_slot
 from uhnas.search.operators.base import Operator, OperatorContext, Proposal, ProposalError
-from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, MUTATIONS, WIDTHS, RandomOperator
+from uhnas.search.operators.random import MUTATIONS, RandomOperator, random_architecture, sample_architecture
+from uhnas.search.space import outside_space
 from uhnas.seeding import numpy_rng
 
 DIGITS = ((1, 8, 8), 10)
@@ -58,21 +60,12 @@ def record(arch: Architecture, number: int) -> TrialRecord:
     )
 
 
-def in_space(arch: Architecture) -> bool:
-    """Within the modest conventional space: widths <= 512, channels <= 64, <= 6 matmul layers."""
-    layers = arch.layers
-    matmuls = [layer for layer in layers if isinstance(layer, (Conv2d, Linear))]
-    widths_ok = all(layer.out_features <= WIDTHS[-1] for layer in layers if isinstance(layer, Linear))
-    channels_ok = all(layer.out_channels <= CHANNELS[-1] for layer in layers if isinstance(layer, Conv2d))
-    return len(matmuls) <= MAX_MATMULS and widths_ok and channels_ok
-
-
 @pytest.mark.parametrize("shape", [DIGITS, MNIST])
-def test_initializer_valid_diverse_and_modest(shape: tuple[tuple[int, ...], int]) -> None:
+def test_initializer_valid_diverse_and_inside_the_space(shape: tuple[tuple[int, ...], int]) -> None:
     archs = [OP.initialize(context(seed, shape)).arch for seed in range(150)]
     for arch in archs:
         analyze(arch, *shape)
-        assert in_space(arch)
+        assert outside_space(arch) == []
     kinds = Counter("cnn" if any(isinstance(layer, Conv2d) for layer in a.layers) else "mlp" for a in archs)
     assert kinds["cnn"] > 30 and kinds["mlp"] > 30
     assert len({arch_hash(a) for a in archs}) > 120
@@ -82,6 +75,12 @@ def test_initializer_is_deterministic_for_a_seed() -> None:
     first = [canonical_json(OP.initialize(context(seed)).arch) for seed in range(20)]
     second = [canonical_json(OP.initialize(context(seed)).arch) for seed in range(20)]
     assert first == second
+
+
+def test_random_architecture_is_the_sampler_with_the_contexts_generator() -> None:
+    for seed in range(20):
+        ctx = context(seed)
+        assert random_architecture(ctx) == sample_architecture(numpy_rng(seed, "test"), *DIGITS)
 
 
 def parents(count: int, shape: tuple[tuple[int, ...], int] = DIGITS) -> list[TrialRecord]:
@@ -95,6 +94,7 @@ def test_mutation_always_valid_and_different(shape: tuple[tuple[int, ...], int])
         parent = pool[seed % len(pool)]
         proposal = OP.mutate(context(seed, shape), parent)
         analyze(proposal.arch, *shape)
+        assert outside_space(proposal.arch) == []  # in-space parents have in-space children
         assert canonical_json(proposal.arch) != canonical_json(parent.architecture)
         assert proposal.parents == (parent.number,)
         assert proposal.metadata["mutations"][0] in MUTATIONS
@@ -120,6 +120,7 @@ def test_crossover_always_valid(shape: tuple[tuple[int, ...], int]) -> None:
         first, second = pool[seed % 30], pool[(seed * 7 + 3) % 30]
         proposal = OP.crossover(context(seed, shape), first, second)
         analyze(proposal.arch, *shape)
+        assert outside_space(proposal.arch) == []
         assert proposal.parents == (first.number, second.number)
         assert {"cut_conv", "cut_flat", "mutations"} <= set(proposal.metadata)
 
@@ -218,17 +219,24 @@ def test_bounded_attempts_then_the_reasons_are_kept() -> None:
     assert method.asked == 4 and len(choice.rejected) == 4
 
 
-def test_invalid_and_raising_proposals_are_refused_with_reasons() -> None:
+def test_invalid_and_unproposable_slots_are_refused_with_reasons_and_operator_bugs_raise() -> None:
     wrong_classes = parse_architecture({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 3}]})
     choice = propose_slot(Stubborn(wrong_classes, times=100), context(0), 0, {}, max_attempts=2)
     assert choice.proposal is None and all("invalid architecture" in r for r in choice.rejected)
 
-    class Raising(Stubborn):
+    class Refusing(Stubborn):
         def propose(self, context: OperatorContext) -> Proposal:
-            raise RuntimeError("the operator broke\nsecond line")
+            raise ProposalError("no valid child\nsecond line")
 
-    choice = propose_slot(Raising(MLP, 0), context(0), 0, {}, max_attempts=3)
-    assert choice.rejected == ["RuntimeError: the operator broke"] * 3
+    choice = propose_slot(Refusing(MLP, 0), context(0), 0, {}, max_attempts=3)
+    assert choice.rejected == ["ProposalError: no valid child"] * 3
+
+    class Broken(Stubborn):
+        def propose(self, context: OperatorContext) -> Proposal:
+            raise RuntimeError("the operator broke")
+
+    with pytest.raises(RuntimeError, match="the operator broke"):
+        propose_slot(Broken(MLP, 0), context(0), 0, {}, max_attempts=3)
 
 
 def test_each_attempt_gets_its_own_stream() -> None:

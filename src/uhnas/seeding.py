@@ -7,9 +7,12 @@ candidate 1 of seed 3 never share a stream, and the order in which workers finis
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a torch generator is made: the search side never loads it
+    import torch
 
 SEED_BITS = 63  # torch.Generator.manual_seed accepts non-negative seeds below 2**63
 
@@ -23,6 +26,8 @@ def derive_seed(*parts: object) -> int:
 
 def torch_generator(*parts: object, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch generator seeded by `derive_seed(*parts)`."""
+    import torch
+
     generator = torch.Generator(device=device)
     generator.manual_seed(derive_seed(*parts))
     return generator

@@ -18,7 +18,7 @@ is stored as a FAIL trial listing why every attempt was refused.
 
 Hypervolume: in the normalised space (error, log10 nJ) against a reference point frozen when the run starts:
 error 1.0 and the highest backend energy among networks that bound the conventional search space (its corner
-networks and fixed random draws, `reference_architectures`) plus `metrics.DEFAULT_ENERGY_MARGIN_DECADES` decade.
+networks and fixed random draws, `uhnas.search.reference`) plus `metrics.DEFAULT_ENERGY_MARGIN_DECADES` decade.
 Costlier networks add nothing; the point depends only on backend and dataset, so values compare across
 generations, methods and seeds.
 
@@ -38,16 +38,10 @@ from typing import Any
 
 import uhnas
 from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash, to_json
-from uhnas.arch.model import Activation, Conv2d, Flatten, Linear, MaxPool
 from uhnas.config import RunConfig, config_differences
 from uhnas.errors import ProposalError, SearchError
 from uhnas.hardware.base import Backend
-from uhnas.hardware.card import BackendCard
 from uhnas.hardware.registry import load_backend
-from uhnas.metrics import (
-    DEFAULT_ENERGY_MARGIN_DECADES,
-    reference_point,
-)
 from uhnas.records import TrialRecord, feasible_front, front_hypervolume, objective_accuracy
 from uhnas.search.events import (
     CandidateDone,
@@ -59,9 +53,9 @@ from uhnas.search.events import (
     RunStarted,
 )
 from uhnas.search.jobs import BUG, USER_ERROR, EvalSettings, Executor, Job, JobResult
-from uhnas.search.methods import MethodSetup, SearchMethod, make_method, method_names
+from uhnas.search.methods import MethodSetup, SearchMethod, make_method
 from uhnas.search.operators.base import OperatorContext, Proposal
-from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, WIDTHS, random_architecture
+from uhnas.search.reference import hv_reference
 from uhnas.search.summary import run_summary
 from uhnas.seeding import numpy_rng
 from uhnas.store import RunStore
@@ -79,7 +73,6 @@ RESUME_EXEMPT = (  # config keys that may change on resume (where and how, not w
     "llm.timeout_s",
     "llm.max_retries",
 )
-REFERENCE_SAMPLE = 256  # fixed random draws of the initializer that bound the space's energy (hv_reference)
 
 
 @dataclass
@@ -94,92 +87,6 @@ class RunResult:
     summary: dict[str, Any]
     elapsed_s: float
     engine_seconds: float
-
-
-# ----------------------------------------------------------------------------- reference point
-
-
-def reference_architectures(input_shape: tuple[int, ...], num_classes: int, card: BackendCard) -> list[Architecture]:
-    """Networks that bound the conventional space's energy: its corners and REFERENCE_SAMPLE fixed random draws.
-
-    Corners: the widest deepest MLP, and the CNN with the most and widest conv layers (as few 2x2 pools as the
-    parameter limit allows). Energy is not monotone in size on every backend (an optical mesh's laser power grows
-    with its depth), so fixed draws of the random initializer (streams independent of the run seed: every method
-    and seed on a backend and dataset gets the same reference) cover the rest of the space.
-    """
-    hidden = [
-        layer
-        for _ in range(MAX_MATMULS - 1)
-        for layer in (Linear(type="linear", out_features=WIDTHS[-1]), Activation(type="activation", function="relu"))
-    ]
-    head = [Linear(type="linear", out_features=num_classes)]
-    mlp = Architecture(layers=([Flatten(type="flatten")] if len(input_shape) == 3 else []) + hidden + head)
-    archs = [mlp]
-    if len(input_shape) == 3:
-        convs = [
-            layer
-            for _ in range(3)
-            for layer in (
-                Conv2d(type="conv2d", out_channels=CHANNELS[-1], kernel=5, padding=2),
-                Activation(type="activation", function="relu"),
-            )
-        ]
-        dense = hidden[: 2 * (MAX_MATMULS - 4)]
-        for pools in range(4):  # as few 2x2 pools as the parameter limit allows
-            cnn = Architecture(
-                layers=convs + [MaxPool(type="maxpool", kernel=2)] * pools + [Flatten(type="flatten")] + dense + head
-            )
-            try:
-                analyze(cnn, input_shape, num_classes)
-            except ArchitectureError:
-                continue
-            archs.append(cnn)
-            break
-    context = OperatorContext(
-        generation=0,
-        slot=0,
-        attempt=0,
-        rng=numpy_rng("hv-reference"),
-        seed=0,
-        dataset="",
-        input_shape=input_shape,
-        num_classes=num_classes,
-        backend=card,
-        objective="mean",
-        population=(),
-        front=(),
-        recent=(),
-        history=(),
-        is_known=lambda key: False,
-        generations=0,
-        offspring=0,
-        population_size=0,
-    )
-    for draw in range(REFERENCE_SAMPLE):
-        archs.append(random_architecture(context.with_attempt(0, draw, numpy_rng("hv-reference", draw), ())))
-    return archs
-
-
-def hv_reference(backend: Backend, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    """The frozen hypervolume reference: error 1, log10 of the costliest reference network's energy + margin."""
-    best: tuple[float, Architecture] | None = None
-    for arch in reference_architectures(input_shape, num_classes, backend.describe()):
-        energy = backend.energy(analyze(arch, input_shape, num_classes)).total_nj
-        if best is None or energy > best[0]:
-            best = (energy, arch)
-    assert best is not None
-    point = reference_point(best[0], DEFAULT_ENERGY_MARGIN_DECADES)
-    return {
-        "point": [float(point[0]), float(point[1])],
-        "space": ["error", "log10_energy_nj"],
-        "reference_energy_nj": best[0],
-        "margin_decades": DEFAULT_ENERGY_MARGIN_DECADES,
-        "reference_network": best[1].model_dump(mode="json"),
-        "rule": (
-            f"error 1.0; log10 of the highest backend energy among the conventional space's corner networks and "
-            f"{REFERENCE_SAMPLE} fixed random draws of its initializer, plus the margin"
-        ),
-    }
 
 
 # ----------------------------------------------------------------------------- proposals
@@ -697,8 +604,6 @@ def run_search(
     """
     start = time.perf_counter()
     out = Path(out)
-    if config.method not in method_names():
-        raise SearchError(f"unknown method {config.method!r}; known: {', '.join(method_names())}")
     backend = load_backend(config.backend, list(config.backend_overrides))
     shape = _dataset_shape(config)
     if RunStore.exists(out):
@@ -726,8 +631,6 @@ def run_search(
 __all__ = [
     "RunResult",
     "eval_settings",
-    "hv_reference",
     "propose_slot",
-    "reference_architectures",
     "run_search",
 ]

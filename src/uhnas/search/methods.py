@@ -2,9 +2,10 @@
 
 Every method runs in the same generational engine with the same budget (population + generations x offspring
 evaluations), the same store and the same dedup, so methods compare fairly. A method is built from a
-`MethodSetup` by a factory registered in `METHODS` (name -> factory, or a lazy "module:function" path), so
-new methods (the LLM-guided `uhnas`, `llmatic`, `genius`) join with `register_method` or one entry here,
-without touching the engine.
+`MethodSetup` by a factory found the way backends are: the entry-point group `uhnas.methods` (name ->
+"module:factory"), loaded only when that method is made, so a conventional run never imports the LLM methods.
+uhnas declares its own methods there; a third-party method is a package declaring one more entry point, and
+`register_method` adds one in-process (tests, notebooks).
 
 - ``nsga2``: NSGA-II (Deb et al. 2002): parents by binary tournament on (rank, crowding) under constraint
   domination, crossover with probability ``evolution.crossover_prob`` else mutation (conventional operators),
@@ -17,33 +18,45 @@ without touching the engine.
   ``error + regevo_energy_weight * (log10(energy_nJ) - reference_log10_energy)`` — with the default weight 0.1,
   one decade of energy is worth ten points of accuracy; failed candidates are worst.
 - ``optuna-nsga2`` / ``optuna-tpe``: Optuna's own NSGAIISampler / TPESampler proposing over a define-by-run
-  encoding of the same space (`suggest_architecture`), as outside references. A fresh sampler seeded from
-  (seed, generation, slot, attempt) answers each ask on an in-memory study that mirrors the run, so these are
-  as reproducible and resumable as the native methods.
+  encoding of the same space (`suggest_architecture` over `uhnas.search.space`), as outside references. A fresh
+  sampler seeded from (seed, generation, slot, attempt) answers each ask on an in-memory study that mirrors the
+  run, so these are as reproducible and resumable as the native methods.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import optuna
 
-from uhnas.arch import ACTIVATIONS, Architecture
+from uhnas.arch import Architecture
 from uhnas.arch.model import Activation, AvgPool, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool
 from uhnas.config import RunConfig
 from uhnas.errors import MethodError
 from uhnas.records import TrialRecord
 from uhnas.search.operators.base import Operator, OperatorContext, Proposal, ProposalError
-from uhnas.search.operators.random import CHANNELS, MAX_MATMULS, WIDTHS, RandomOperator
+from uhnas.search.operators.random import RandomOperator
 from uhnas.search.selection import binary_tournament, rank_and_crowding, survive
+from uhnas.search.space import (
+    ACTIVATIONS,
+    CHANNELS,
+    DROPOUT_P,
+    KERNELS,
+    MAX_CONV,
+    MAX_DENSE,
+    MAX_MATMULS,
+    POOL_KERNEL,
+    WIDTHS,
+)
 from uhnas.seeding import derive_seed
 
 
@@ -206,49 +219,51 @@ class RegularizedEvolution(_OperatorMethod):
 
 # ----------------------------------------------------------------------------- Optuna references
 
-OPTUNA_MAX_CONV = 3
-OPTUNA_MAX_DENSE = 3
-OPTUNA_DROPOUT_MIN = 0.05  # sampled dropout below this means no dropout layer
+OPTUNA_NO_DROPOUT = 0.0  # the dropout choice that means no dropout layer
 OPTUNA_SEED_MODULUS = 2**32  # Optuna samplers seed numpy's legacy RandomState, which takes 32-bit seeds
 
 
 def suggest_architecture(trial: optuna.trial.BaseTrial, input_shape: tuple[int, ...], num_classes: int) -> Architecture:
-    """Define-by-run encoding of the conventional space: conv blocks, channels, kernel, pool, dense widths, ...
+    """Define-by-run encoding of the conventional space (`uhnas.search.space`): every value is one of its choices.
 
-    Parameters: n_conv (0-3; image inputs only), conv{i}_channels (4-64, log), conv{i}_kernel (3 | 5, 'same'
-    padding), conv{i}_pool (none | max | avg; skipped when the map is smaller than 2), n_dense (0-3, capped so
-    the network has at most MAX_MATMULS matmul layers), dense{j}_width (16-512, log), activation (shared),
-    batchnorm (after every hidden matmul or none), dropout (0-0.5 after every hidden dense layer; < 0.05 = none).
+    Parameters: n_conv (0-MAX_CONV; image inputs only), conv{i}_channels (CHANNELS), conv{i}_kernel (KERNELS,
+    'same' padding), conv{i}_pool (none | max | avg; skipped when the map is smaller than POOL_KERNEL), n_dense
+    (0-MAX_DENSE, capped so the network has at most MAX_MATMULS matmul layers), dense{j}_width (WIDTHS),
+    activation (shared), batchnorm (after every hidden matmul or none), dropout (0 = none, else one of DROPOUT_P,
+    after every hidden dense layer).
     """
     image = len(input_shape) == 3
-    n_conv = trial.suggest_int("n_conv", 0, OPTUNA_MAX_CONV) if image else 0
-    n_dense = trial.suggest_int("n_dense", 0, OPTUNA_MAX_DENSE)
+    n_conv = trial.suggest_int("n_conv", 0, MAX_CONV) if image else 0
+    n_dense = trial.suggest_int("n_dense", 0, MAX_DENSE)
     function = trial.suggest_categorical("activation", list(ACTIVATIONS))
     batchnorm = trial.suggest_categorical("batchnorm", [False, True])
-    dropout = trial.suggest_float("dropout", 0.0, 0.5)
+    dropout = trial.suggest_categorical("dropout", [OPTUNA_NO_DROPOUT, *DROPOUT_P])
     layers: list[Any] = []
     size = min(input_shape[1:]) if image else 0
     for i in range(n_conv):
-        channels = trial.suggest_int(f"conv{i}_channels", CHANNELS[0], CHANNELS[-1], log=True)
-        kernel = trial.suggest_categorical(f"conv{i}_kernel", [3, 5])
+        channels = trial.suggest_categorical(f"conv{i}_channels", list(CHANNELS))
+        kernel = trial.suggest_categorical(f"conv{i}_kernel", list(KERNELS))
         pool = trial.suggest_categorical(f"conv{i}_pool", ["none", "max", "avg"])
         layers.append(Conv2d(type="conv2d", out_channels=channels, kernel=kernel, padding=kernel // 2))
         if batchnorm:
             layers.append(BatchNorm(type="batchnorm"))
         layers.append(Activation(type="activation", function=function))
-        if pool != "none" and size >= 2:
-            layers.append(MaxPool(type="maxpool", kernel=2) if pool == "max" else AvgPool(type="avgpool", kernel=2))
-            size //= 2
+        if pool != "none" and size >= POOL_KERNEL:
+            max_pool = pool == "max"
+            layers.append(
+                MaxPool(type="maxpool", kernel=POOL_KERNEL) if max_pool else AvgPool(type="avgpool", kernel=POOL_KERNEL)
+            )
+            size //= POOL_KERNEL
     if image:
         layers.append(Flatten(type="flatten"))
     for j in range(min(n_dense, MAX_MATMULS - 1 - n_conv)):
-        width = trial.suggest_int(f"dense{j}_width", WIDTHS[1], WIDTHS[-1], log=True)
+        width = trial.suggest_categorical(f"dense{j}_width", list(WIDTHS))
         layers.append(Linear(type="linear", out_features=width))
         if batchnorm:
             layers.append(BatchNorm(type="batchnorm"))
         layers.append(Activation(type="activation", function=function))
-        if dropout >= OPTUNA_DROPOUT_MIN:
-            layers.append(Dropout(type="dropout", p=round(dropout, 3)))
+        if dropout != OPTUNA_NO_DROPOUT:
+            layers.append(Dropout(type="dropout", p=dropout))
     layers.append(Linear(type="linear", out_features=num_classes))
     return Architecture(layers=layers)
 
@@ -328,24 +343,28 @@ def _quiet() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
-# ----------------------------------------------------------------------------- registry
+# ----------------------------------------------------------------------------- built-in factories
 
 
-def _nsga2(setup: MethodSetup) -> SearchMethod:
+def make_nsga2(setup: MethodSetup) -> SearchMethod:
+    """NSGA-II with the conventional operators."""
     return NSGA2(RandomOperator(), setup.config.evolution.crossover_prob)
 
 
-def _random(setup: MethodSetup) -> SearchMethod:
+def make_random(setup: MethodSetup) -> SearchMethod:
+    """Random search with the conventional initializer."""
     return RandomSearch(RandomOperator())
 
 
-def _regevo(setup: MethodSetup) -> SearchMethod:
+def make_regevo(setup: MethodSetup) -> SearchMethod:
+    """Regularised evolution with the conventional mutations, scalarised against the HV reference energy."""
     evolution = setup.config.evolution
     sample = evolution.regevo_sample_size or max(2, setup.config.population // 4)
     return RegularizedEvolution(RandomOperator(), sample, evolution.regevo_energy_weight, setup.hv_reference[1])
 
 
-def _optuna_nsga2(setup: MethodSetup) -> SearchMethod:
+def make_optuna_nsga2(setup: MethodSetup) -> SearchMethod:
+    """Optuna's NSGAIISampler over `suggest_architecture`."""
     population = setup.config.population
     crossover_prob = setup.config.evolution.crossover_prob
     return OptunaMethod(
@@ -357,7 +376,8 @@ def _optuna_nsga2(setup: MethodSetup) -> SearchMethod:
     )
 
 
-def _optuna_tpe(setup: MethodSetup) -> SearchMethod:
+def make_optuna_tpe(setup: MethodSetup) -> SearchMethod:
+    """Optuna's multivariate TPESampler over `suggest_architecture`, random for the first `population` asks."""
     startup = setup.config.population
     return OptunaMethod(
         "optuna-tpe",
@@ -366,50 +386,77 @@ def _optuna_tpe(setup: MethodSetup) -> SearchMethod:
     )
 
 
-METHODS: dict[str, MethodFactory | str] = {
-    "nsga2": _nsga2,
-    "random": _random,
-    "regevo": _regevo,
-    "optuna-nsga2": _optuna_nsga2,
-    "optuna-tpe": _optuna_tpe,
-    "uhnas": "uhnas.search.llm_methods:make_uhnas",
-    "llmatic": "uhnas.search.llm_methods:make_llmatic",
-    "genius": "uhnas.search.llm_methods:make_genius",
-}
-"""Method name -> factory, or a lazy 'module:function' path to one (imported only when that method runs)."""
+# ----------------------------------------------------------------------------- registry
+
+ENTRY_POINT_GROUP = "uhnas.methods"
+
+
+@lru_cache(maxsize=1)
+def installed_methods() -> tuple[tuple[str, str], ...]:
+    """(name, "module:factory") of every `uhnas.methods` entry point, sorted; nothing is imported."""
+    return tuple(sorted({point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}.items()))
+
+
+_REGISTERED: dict[str, MethodFactory | str] = {}  # in-process additions (tests, notebooks); they win
 
 
 def register_method(name: str, factory: MethodFactory | str) -> None:
-    """Add (or replace) a method under `name`."""
-    METHODS[name] = factory
+    """Add (or replace) a method under `name` in this process: a factory or a lazy "module:factory" path."""
+    _REGISTERED[name] = factory
+
+
+def unregister_method(name: str) -> None:
+    """Remove an in-process registration (installed methods leave with their package)."""
+    _REGISTERED.pop(name, None)
 
 
 def method_names() -> list[str]:
-    """Every registered method name, sorted."""
-    return sorted(METHODS)
+    """Every installed or registered method name, sorted."""
+    return sorted({*dict(installed_methods()), *_REGISTERED})
 
 
-def _resolve(name: str, entry: MethodFactory | str) -> MethodFactory:
-    """The factory behind a registry entry (importing a lazy path)."""
+def _entry(name: str) -> MethodFactory | str | None:
+    """The registered factory or installed "module:factory" path of a method, or None."""
+    return _REGISTERED.get(name) or dict(installed_methods()).get(name)
+
+
+def load_factory(name: str) -> MethodFactory:
+    """The factory of the named method, importing its module only now.
+
+    MethodError (one line) for an unknown name, listing the known ones, or for a plugin that cannot be imported,
+    naming its entry point and the import error. Any other error while importing a plugin is a bug in it and keeps
+    its traceback, with a note naming the method.
+    """
+    entry = _entry(name)
+    if entry is None:
+        raise MethodError(f"unknown method {name!r}; installed: {', '.join(method_names())}")
     if not isinstance(entry, str):
         return entry
-    module_name, _, attr = entry.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise MethodError(f"method {name!r} cannot be loaded from {entry}: {error}") from None
-    return factory
+        factory = EntryPoint(name=name, value=entry, group=ENTRY_POINT_GROUP).load()
+    except (ImportError, AttributeError) as error:  # a missing module or dependency, a wrong name
+        raise MethodError(f"method {name!r} cannot be loaded from {entry}: {_one_line(error)}") from None
+    except Exception as error:
+        error.add_note(f"while loading method {name!r} from {entry}")
+        raise
+    if not callable(factory):
+        raise MethodError(f"method {name!r}: {entry} is not a factory (got {type(factory).__name__})")
+    return factory  # type: ignore[no-any-return]
+
+
+def _one_line(error: BaseException) -> str:
+    """'Type: first line of the message'."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def make_method(name: str, setup: MethodSetup) -> SearchMethod:
-    """Build the named method; MethodError naming the known methods for an unknown name."""
-    if name not in METHODS:
-        raise MethodError(f"unknown method {name!r}; known: {', '.join(method_names())}")
-    return _resolve(name, METHODS[name])(setup)
+    """Build the named method (see `load_factory` for the errors)."""
+    return load_factory(name)(setup)
 
 
 __all__ = [
-    "METHODS",
+    "ENTRY_POINT_GROUP",
     "MethodError",
     "MethodFactory",
     "MethodSetup",
@@ -418,10 +465,18 @@ __all__ = [
     "RandomSearch",
     "RegularizedEvolution",
     "SearchMethod",
+    "installed_methods",
+    "load_factory",
     "make_method",
+    "make_nsga2",
+    "make_optuna_nsga2",
+    "make_optuna_tpe",
+    "make_random",
+    "make_regevo",
     "method_names",
     "nsga2_survival",
     "objective_arrays",
     "register_method",
+    "unregister_method",
     "suggest_architecture",
 ]

@@ -6,8 +6,8 @@ ending in the linear classifier. Mutations edit one layer or one property (inser
 change width, channels or kernel, change an activation, toggle batchnorm or dropout); crossover joins a prefix of
 one parent with a suffix of the other in each segment. Every result is repaired (spatial sizes, classifier) and
 validated with `uhnas.arch.analyze`; an operator resamples up to `MAX_TRIES` times and raises ProposalError if
-none is valid. The sampled space is deliberately modest (widths <= 512, channels <= 64, <= 6 matmul layers) so a
-digits evaluation takes seconds; parents proposed by other operators may be larger and are edited as they are.
+none is valid. Every value sampled here comes from the conventional space in `uhnas.search.space` (modest, so a
+digits evaluation takes seconds); parents proposed by other operators may be larger and are edited as they are.
 """
 
 from __future__ import annotations
@@ -17,33 +17,37 @@ from typing import Any
 
 import numpy as np
 
-from uhnas.arch import ACTIVATIONS, Architecture, ArchitectureError, analyze, canonical_json
+from uhnas.arch import Architecture, ArchitectureError, analyze, canonical_json
 from uhnas.arch.model import Activation, AvgPool, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool
 from uhnas.records import TrialRecord
 from uhnas.search.operators.base import OperatorContext, Proposal, ProposalError
+from uhnas.search.space import (
+    ACTIVATION_WEIGHTS,
+    ACTIVATIONS,
+    CHANNELS,
+    CONV_LAYERS,
+    DEFAULT_ACTIVATION_WEIGHT,
+    DROPOUT_P,
+    FLAT_LAYERS,
+    INIT_KERNELS,
+    INIT_WIDTHS,
+    KERNELS,
+    MAX_DENSE,
+    MAX_MATMULS,
+    POOL_KERNEL,
+    WIDTHS,
+)
 
-WIDTHS = (8, 16, 32, 64, 128, 256, 512)  # hidden linear widths the operators sample
-CHANNELS = (4, 8, 16, 32, 64)  # conv output channels
-KERNELS = (1, 3, 5)  # conv kernels; padding is kernel // 2 ("same") unless sampled as valid (0)
-POOL_KERNEL = 2
-DROPOUT_P = (0.1, 0.2, 0.3, 0.5)
-MAX_MATMULS = 6  # conv + linear layers, classifier included
 MAX_TRIES = 30  # resampling attempts inside one operator call before it gives up
 SAME_PADDING_PROB = 0.8
 BATCHNORM_PROB = 0.2
 DROPOUT_PROB = 0.15
 POOL_PROB = 0.5
+MAXPOOL_PROB = 0.7  # share of max (vs average) pools
 CNN_PROB = 0.5  # share of CNNs among initial architectures on image datasets
+HIDDEN_BLOCK_PROBS = (0.1, 0.4, 0.3, 0.2)  # initial hidden dense blocks: 0, 1, ..., MAX_DENSE
+CONV_BLOCK_PROBS = (0.4, 0.4, 0.2)  # initial conv blocks: 1, ..., MAX_CONV
 MUTATE_AFTER_CROSSOVER_PROB = 0.5  # a crossover child also gets one mutation (always, if it equals a parent)
-ACTIVATION_WEIGHTS = {
-    "relu": 0.4,
-    "gelu": 0.1,
-    "tanh": 0.1,
-    "leaky_relu": 0.1,
-    "sigmoid": 0.1,
-    "square": 0.1,
-    "saturating": 0.1,
-}
 
 MUTATIONS = (
     "insert_layer",
@@ -72,25 +76,25 @@ def _choice(rng: np.random.Generator, options: tuple[Any, ...] | list[Any]) -> A
 def sample_activation(rng: np.random.Generator, exclude: str | None = None) -> Activation:
     """An activation layer, ReLU-heavy, never `exclude`."""
     names = [n for n in ACTIVATIONS if n != exclude]
-    weights = np.array([ACTIVATION_WEIGHTS.get(n, 0.1) for n in names])
+    weights = np.array([ACTIVATION_WEIGHTS.get(n, DEFAULT_ACTIVATION_WEIGHT) for n in names])
     return Activation(type="activation", function=names[int(rng.choice(len(names), p=weights / weights.sum()))])
 
 
-def sample_linear(rng: np.random.Generator, low: int = 2) -> Linear:
-    """A hidden linear layer with a width from WIDTHS[low:]."""
-    return Linear(type="linear", out_features=_choice(rng, WIDTHS[low:]))
+def sample_linear(rng: np.random.Generator) -> Linear:
+    """A hidden linear layer with a width from INIT_WIDTHS."""
+    return Linear(type="linear", out_features=_choice(rng, INIT_WIDTHS))
 
 
 def sample_conv(rng: np.random.Generator) -> Conv2d:
-    """A conv layer: channels from CHANNELS, kernel 3 or 5, mostly 'same' padding."""
-    kernel = _choice(rng, (3, 5))
+    """A conv layer: channels from CHANNELS, a kernel from INIT_KERNELS, mostly 'same' padding."""
+    kernel = _choice(rng, INIT_KERNELS)
     padding = kernel // 2 if rng.random() < SAME_PADDING_PROB else 0
     return Conv2d(type="conv2d", out_channels=_choice(rng, CHANNELS), kernel=kernel, padding=padding)
 
 
 def sample_pool(rng: np.random.Generator) -> MaxPool | AvgPool:
-    """A 2x2 max (70 %) or average pool."""
-    if rng.random() < 0.7:
+    """A POOL_KERNEL max (MAXPOOL_PROB) or average pool."""
+    if rng.random() < MAXPOOL_PROB:
         return MaxPool(type="maxpool", kernel=POOL_KERNEL)
     return AvgPool(type="avgpool", kernel=POOL_KERNEL)
 
@@ -98,6 +102,19 @@ def sample_pool(rng: np.random.Generator) -> MaxPool | AvgPool:
 def sample_dropout(rng: np.random.Generator) -> Dropout:
     """A dropout layer with p from DROPOUT_P."""
     return Dropout(type="dropout", p=_choice(rng, DROPOUT_P))
+
+
+LAYER_SAMPLERS: dict[str, Callable[[np.random.Generator], Any]] = {
+    "activation": sample_activation,
+    "avgpool": lambda rng: AvgPool(type="avgpool", kernel=POOL_KERNEL),
+    "batchnorm": lambda rng: BatchNorm(type="batchnorm"),
+    "conv2d": sample_conv,
+    "dropout": sample_dropout,
+    "linear": sample_linear,
+    "maxpool": lambda rng: MaxPool(type="maxpool", kernel=POOL_KERNEL),
+}
+"""Layer type -> a fresh layer of that type from the space (for replace_layer; the vocabulary is in space.py)."""
+MATMUL_TYPES = ("conv2d", "linear")
 
 
 # ----------------------------------------------------------------------------- segments, repair, validation
@@ -141,7 +158,7 @@ def repair_conv(conv: Layers, input_shape: tuple[int, ...]) -> Layers:
     for layer in conv:
         if isinstance(layer, Conv2d):
             if layer.kernel > size + 2 * layer.padding:
-                kernel = max(k for k in (1, *KERNELS) if k <= max(1, size))
+                kernel = max((k for k in KERNELS if k <= size), default=KERNELS[0])
                 layer = layer.model_copy(update={"kernel": kernel, "padding": kernel // 2})
             size = (size + 2 * layer.padding - layer.kernel) // layer.stride + 1
         elif isinstance(layer, (MaxPool, AvgPool)):
@@ -170,11 +187,11 @@ def repair(segments: Segments, input_shape: tuple[int, ...], num_classes: int) -
     return repair_conv(conv, input_shape), repair_flat(flat, num_classes)
 
 
-def validated(segments: Segments, context: OperatorContext) -> Architecture | None:
+def validated(segments: Segments, input_shape: tuple[int, ...], num_classes: int) -> Architecture | None:
     """The repaired architecture if `analyze` accepts it for the dataset, else None."""
     try:
-        arch = join(repair(segments, context.input_shape, context.num_classes), context.input_shape)
-        analyze(arch, context.input_shape, context.num_classes)
+        arch = join(repair(segments, input_shape, num_classes), input_shape)
+        analyze(arch, input_shape, num_classes)
     except (ArchitectureError, ValueError):
         return None
     return arch
@@ -183,9 +200,10 @@ def validated(segments: Segments, context: OperatorContext) -> Architecture | No
 # ----------------------------------------------------------------------------- initializer
 
 
-def sample_mlp(rng: np.random.Generator, num_classes: int, max_hidden: int = 3) -> Layers:
-    """A flat segment: 0-3 hidden blocks (linear, optional batchnorm, activation, optional dropout) + classifier."""
-    hidden = int(rng.choice(4, p=[0.1, 0.4, 0.3, 0.2]))
+def sample_mlp(rng: np.random.Generator, num_classes: int, max_hidden: int = MAX_DENSE) -> Layers:
+    """A flat segment: up to MAX_DENSE hidden blocks (linear, optional batchnorm, activation, optional dropout),
+    then the classifier."""
+    hidden = int(rng.choice(len(HIDDEN_BLOCK_PROBS), p=HIDDEN_BLOCK_PROBS))
     layers: Layers = []
     for _ in range(min(hidden, max_hidden)):
         layers.append(sample_linear(rng))
@@ -199,8 +217,8 @@ def sample_mlp(rng: np.random.Generator, num_classes: int, max_hidden: int = 3) 
 
 
 def sample_cnn(rng: np.random.Generator, input_shape: tuple[int, ...]) -> Layers:
-    """A conv segment: 1-3 blocks (conv, optional batchnorm, activation, optional pool) that fit the image."""
-    blocks = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
+    """A conv segment: 1-MAX_CONV blocks (conv, optional batchnorm, activation, optional pool) that fit the image."""
+    blocks = 1 + int(rng.choice(len(CONV_BLOCK_PROBS), p=CONV_BLOCK_PROBS))
     size = min(input_shape[1:])
     layers: Layers = []
     for _ in range(blocks):
@@ -218,19 +236,21 @@ def sample_cnn(rng: np.random.Generator, input_shape: tuple[int, ...]) -> Layers
     return layers
 
 
-def random_architecture(context: OperatorContext) -> Architecture:
-    """A valid random MLP or small CNN within the operator space, drawn with the context's generator."""
-    rng = context.rng
+def sample_architecture(rng: np.random.Generator, input_shape: tuple[int, ...], num_classes: int) -> Architecture:
+    """A valid random MLP or small CNN from the space's initial subset (see `uhnas.search.space`), drawn with `rng`."""
     for _ in range(MAX_TRIES):
-        conv: Layers = (
-            sample_cnn(rng, context.input_shape) if is_image(context.input_shape) and rng.random() < CNN_PROB else []
-        )
+        conv: Layers = sample_cnn(rng, input_shape) if is_image(input_shape) and rng.random() < CNN_PROB else []
         convs = sum(isinstance(layer, Conv2d) for layer in conv)
-        flat = sample_mlp(rng, context.num_classes, max_hidden=MAX_MATMULS - 1 - convs)
-        arch = validated((conv, flat), context)
+        flat = sample_mlp(rng, num_classes, max_hidden=min(MAX_DENSE, MAX_MATMULS - 1 - convs))
+        arch = validated((conv, flat), input_shape, num_classes)
         if arch is not None:
             return arch
     raise ProposalError(f"no valid random architecture in {MAX_TRIES} draws")
+
+
+def random_architecture(context: OperatorContext) -> Architecture:
+    """`sample_architecture` with the context's generator and dataset shapes."""
+    return sample_architecture(context.rng, context.input_shape, context.num_classes)
 
 
 # ----------------------------------------------------------------------------- mutations
@@ -286,20 +306,9 @@ def mutate_replace_layer(s: Segments, rng: np.random.Generator, image: bool) -> 
     segment, index = _choice(rng, options)
     old = (conv, flat)[segment][index]
     room = count_matmuls(s) - isinstance(old, (Conv2d, Linear)) < MAX_MATMULS
-    makers: dict[str, Callable[[], Any]] = {
-        "activation": lambda: sample_activation(rng),
-        "batchnorm": lambda: BatchNorm(type="batchnorm"),
-        "dropout": lambda: sample_dropout(rng),
-    }
-    if segment == 0:
-        makers["maxpool"] = lambda: MaxPool(type="maxpool", kernel=POOL_KERNEL)
-        makers["avgpool"] = lambda: AvgPool(type="avgpool", kernel=POOL_KERNEL)
-        if room:
-            makers["conv2d"] = lambda: sample_conv(rng)
-    elif room:
-        makers["linear"] = lambda: sample_linear(rng)
-    types = sorted(t for t in makers if t != old.type)
-    (conv, flat)[segment][index] = makers[_choice(rng, types)]()
+    vocabulary = CONV_LAYERS if segment == 0 else FLAT_LAYERS
+    types = sorted(t for t in vocabulary if t != old.type and (room or t not in MATMUL_TYPES))
+    (conv, flat)[segment][index] = LAYER_SAMPLERS[_choice(rng, types)](rng)
     return conv, flat
 
 
@@ -419,7 +428,7 @@ def mutate_architecture(arch: Architecture, context: OperatorContext) -> tuple[A
         if changed is None:
             inapplicable.add(kind)
             continue
-        child = validated(changed, context)
+        child = validated(changed, context.input_shape, context.num_classes)
         if child is not None and canonical_json(child) != original:
             return child, kind
     raise ProposalError(f"no valid mutation in {MAX_TRIES} tries")
@@ -442,7 +451,7 @@ def crossover_architectures(
             count_matmuls(split(second, context.input_shape)),
         ):
             continue
-        child = validated(child_segments, context)
+        child = validated(child_segments, context.input_shape, context.num_classes)
         if child is not None:
             return child, {"cut_conv": [i, j], "cut_flat": [k, m]}
     raise ProposalError(f"no valid crossover child in {MAX_TRIES} tries")
@@ -492,14 +501,12 @@ def _parent_arch(parent: TrialRecord) -> Architecture:
 
 
 __all__ = [
-    "CHANNELS",
-    "MAX_MATMULS",
     "MUTATIONS",
     "RandomOperator",
-    "WIDTHS",
     "crossover_architectures",
     "mutate_architecture",
     "random_architecture",
     "repair",
+    "sample_architecture",
     "split",
 ]
