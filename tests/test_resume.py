@@ -33,11 +33,15 @@ KILL_AFTER = 5  # stored trials: in the middle of generation 1
 TIMEOUT_S = 240
 
 
-def start(config: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """`python -m uhnas.search.engine CONFIG OUT` in a fresh interpreter."""
+def start(config: Path, out: Path, resume: bool = False) -> subprocess.Popen[bytes]:
+    """`uhnas search --config CONFIG --out OUT` (or `--resume OUT`) in a fresh interpreter, the real CLI."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    where = ["--resume", str(out)] if resume else ["--config", str(config), "--out", str(out)]
     return subprocess.Popen(
-        [sys.executable, "-m", "uhnas.search.engine", str(config), str(out), *extra], env=env, stderr=subprocess.PIPE
+        [sys.executable, "-m", "uhnas", "search", *where, "--json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -78,7 +82,7 @@ def test_killed_search_resumes_to_the_same_result(tmp_path: Path) -> None:
     done_before = stored_trials(killed_out / "study.db")
     assert KILL_AFTER <= done_before < BUDGET
 
-    resumed = start(config, killed_out, "--resume")
+    resumed = start(config, killed_out, resume=True)
     run_search(load_config(config), tmp_path / "straight")  # the uninterrupted reference, meanwhile, in this process
     finish(resumed)
 
