@@ -21,6 +21,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_llm_server import FakeLLMServer  # noqa: E402
+from uhnas.config import LLMSection  # noqa: E402
 from uhnas.llm.cache import ResponseCache  # noqa: E402
 from uhnas.llm.client import LLMClient, LLMConfig  # noqa: E402
 
@@ -49,7 +50,7 @@ def main() -> None:
 
     with FakeLLMServer() as server, tempfile.TemporaryDirectory() as tmp:
         bare = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0, timeout=30)
-        config = LLMConfig(model="fake-model", base_url=server.base_url, seed=1, max_tokens=256)
+        config = LLMConfig.from_section(LLMSection(model="fake-model", base_url=server.base_url, max_tokens=256))
         db = Path(tmp) / "llm.db"
 
         def bare_call(i: int) -> object:
@@ -63,13 +64,13 @@ def main() -> None:
         with ResponseCache(db) as cache, LLMClient(config, cache) as client:
             for i in range(warmup + args.calls):
                 b = timed_us(lambda: bare_call(i))
-                u = timed_us(lambda: client.complete(messages(i, "uhnas"), purpose="bench"))
+                u = timed_us(lambda: client.complete(messages(i, "uhnas"), purpose="bench", seed=1))
                 if i >= warmup:
                     bare_us.append(b)
                     live_us.append(u)
         with ResponseCache(db) as cache, LLMClient(config, cache) as client:
             hit_us = [
-                timed_us(lambda: client.complete(messages(i, "uhnas"), purpose="bench"))
+                timed_us(lambda: client.complete(messages(i, "uhnas"), purpose="bench", seed=1))
                 for i in range(warmup + args.calls)
             ][warmup:]
             assert client.usage.total.replayed_calls == warmup + args.calls, "cache-hit path went to the server"

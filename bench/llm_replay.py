@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_llm_server import FakeLLMServer, closed_port_url  # noqa: E402
 from llm_responders import ArchResponder, FaultPlan, SyntheticExecutor  # noqa: E402
 from uhnas.config import RunConfig, load_config  # noqa: E402
+from uhnas.llm import client as llm_client  # noqa: E402
 from uhnas.llm.cache import CallLog  # noqa: E402
 from uhnas.llm.client import LLMClient  # noqa: E402
-from uhnas.search import llm_methods  # noqa: E402
 from uhnas.search.engine import run_search  # noqa: E402
 from uhnas.store import open_run  # noqa: E402
 
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--backend", default="ideal")
     parser.add_argument("--fault-period", type=int, default=4, help="every N-th architecture request is a fault")
     args = parser.parse_args()
-    llm_methods.BACKOFF_BASE_S, llm_methods.BACKOFF_MAX_S = 0.005, 0.05  # dropped connections: retry at once
+    llm_client.BACKOFF_BASE_S, llm_client.BACKOFF_MAX_S = 0.005, 0.05  # dropped connections: retry at once
     budget = 20 + 8 * args.generations
 
     with tempfile.TemporaryDirectory() as tmp_dir:

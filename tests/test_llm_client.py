@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import random
@@ -24,6 +25,8 @@ from fake_llm_server import (
     reject_response_format,
     slow,
 )
+from uhnas.config import LLMSection, config_from_dict
+from uhnas.errors import ConfigError
 from uhnas.llm.cache import ResponseCache, request_key
 from uhnas.llm.client import LLMClient, LLMConfig, PriceTable, retry_after_s
 from uhnas.llm.errors import (
@@ -38,6 +41,17 @@ from uhnas.llm.errors import (
 KEY_ENV = "UHNAS_TEST_LLM_KEY"
 SECRET = "sk-test-SECRET-0123456789abcdef"
 SCHEMA = {"type": "object", "properties": {"layers": {"type": "array"}}, "required": ["layers"]}
+CLIENT_ONLY = ("backoff_base_s", "backoff_max_s", "schema_strict")  # not user settings: arguments of from_section
+
+
+def client_config(**settings: Any) -> LLMConfig:
+    """Client settings derived, as in a run, from an `llm:` section holding `settings` (a PriceTable as `price`)."""
+    tuning = {k: settings.pop(k) for k in CLIENT_ONLY if k in settings}
+    price = settings.pop("price", None)
+    if price is not None:
+        settings["price_prompt_usd_per_mtok"] = price.prompt_usd_per_mtok
+        settings["price_completion_usd_per_mtok"] = price.completion_usd_per_mtok
+    return LLMConfig.from_section(LLMSection(**settings), **tuning)
 
 
 def msgs(text: str = "propose a child") -> list[dict[str, str]]:
@@ -84,13 +98,13 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., tuple[LLMClient, Sleep
         base_url: str, *, cache: ResponseCache | None = None, db: Path | None = None, **overrides: Any
     ) -> tuple[LLMClient, SleepRecorder]:
         settings: dict[str, Any] = {
-            "model": "fake-model", "base_url": base_url, "api_key_env": KEY_ENV, "seed": 7, "timeout_s": 5,
+            "model": "fake-model", "base_url": base_url, "api_key_env": KEY_ENV, "timeout_s": 5,
             "max_retries": 3, "backoff_base_s": 0.5, "backoff_max_s": 8,
         }  # fmt: skip
         settings.update(overrides)
         cache = cache or ResponseCache(db or tmp_path / "llm.db")
         sleep = SleepRecorder()
-        client = LLMClient(LLMConfig(**settings), cache, sleep=sleep, rng=random.Random(0))
+        client = LLMClient(client_config(**settings), cache, sleep=sleep, rng=random.Random(0))
         opened.append((client, cache))
         return client, sleep
 
@@ -105,7 +119,7 @@ def test_happy_path_sends_config_and_accounts_usage(server: FakeLLMServer, make_
     price = PriceTable(prompt_usd_per_mtok=2.0, completion_usd_per_mtok=8.0)
     client, sleep = make_client(server.base_url, price=price)
     assert client.check() == ["fake-model", "other-model"]
-    r = client.complete(msgs(), purpose="mutate", meta={"parent": "a1"})
+    r = client.complete(msgs(), purpose="mutate", meta={"parent": "a1"}, seed=7)
     assert (r.text, r.cached, r.attempts, r.finish_reason) == ('{"layers": [1]}', False, 1, "stop")
     assert r.prompt_tokens > 0 and r.completion_tokens == len(r.text) // 4 + 1
     client.complete(msgs("init please"), purpose="init")
@@ -113,6 +127,7 @@ def test_happy_path_sends_config_and_accounts_usage(server: FakeLLMServer, make_
     assert body is not None
     assert (body["model"], body["seed"], body["max_tokens"], body["temperature"]) == ("fake-model", 7, 2048, 0.7)
     assert "response_format" not in body  # no schema: plain text
+    assert "seed" not in server.chat_requests[1].body  # type: ignore[operator]  # a call without seed sends none
     assert server.chat_requests[0].headers["authorization"] == f"Bearer {SECRET}"
     usage = client.usage
     assert usage.total.calls == 2 and usage.total.failed == 0 and not sleep.waits
@@ -284,8 +299,10 @@ def test_usd_budget(server: FakeLLMServer, make_client: Any) -> None:
     client.complete(msgs(), purpose="mutate")
     with pytest.raises(BudgetExceeded, match=r"LLM budget of \$5 reached .*--llm-budget-usd"):
         client.complete(msgs("more"), purpose="mutate")
-    with pytest.raises(ValueError, match="price table"):
-        LLMConfig(model="m", budget_usd=1.0)
+    with pytest.raises(ConfigError, match="run.yaml: llm: .*budget_usd needs price_prompt_usd_per_mtok"):
+        config_from_dict({"llm": {"model": "m", "budget_usd": 1.0}}, source="run.yaml")
+    with pytest.raises(ConfigError, match="run.yaml: llm: .*set both"):
+        config_from_dict({"llm": {"model": "m", "price_prompt_usd_per_mtok": 1.0}}, source="run.yaml")
 
 
 def test_cache_hit_does_not_reach_server(server: FakeLLMServer, make_client: Any, tmp_path: Path) -> None:
@@ -383,9 +400,38 @@ def test_request_key_covers_sampling_and_schema(server: FakeLLMServer, make_clie
     client, _ = make_client(server.base_url)
     client.complete(msgs(), purpose="mutate")
     client.complete(msgs(), schema=SCHEMA, purpose="mutate")
+    client.complete(msgs(), purpose="mutate", seed=1)
+    client.complete(msgs(), purpose="mutate", seed=2)
     keys = {c["key"] for c in client.log.calls()}
-    assert len(keys) == 2 and all(c["occurrence"] == 0 for c in client.log.calls())
+    assert len(keys) == 4 and all(c["occurrence"] == 0 for c in client.log.calls())
+    assert [c["request"]["seed"] for c in client.log.calls()] == [None, None, 1, 2]
+    assert [r.body.get("seed") for r in server.chat_requests] == [None, None, 1, 2]  # type: ignore[union-attr]
     assert request_key({"a": 1, "b": [1, 2]}) == request_key({"b": [1, 2], "a": 1})
+
+
+def test_per_call_seeds_leave_the_shared_config_alone(server: FakeLLMServer, make_client: Any) -> None:
+    client, _ = make_client(server.base_url)
+    config = client.config
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        replies = list(pool.map(lambda i: client.complete(msgs("same"), purpose="mutate", seed=i), range(8)))
+    assert client.config is config and not hasattr(config, "seed")
+    sent = sorted(r.body["seed"] for r in server.chat_requests)  # type: ignore[index]
+    assert sent == list(range(8)) and len({r.call_id for r in replies}) == 8
+    by_call = {c["id"]: c["request"]["seed"] for c in client.log.calls()}
+    assert sorted(by_call.values()) == list(range(8))
+
+
+def test_client_settings_come_from_the_llm_section_with_no_defaults_of_their_own() -> None:
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in dataclasses.fields(LLMConfig))  # fmt: skip
+    section = LLMSection(model="m")
+    config = LLMConfig.from_section(section)
+    shared = {f.name for f in dataclasses.fields(LLMConfig)} & set(LLMSection.model_fields)
+    assert shared >= {"model", "temperature", "max_tokens", "timeout_s", "max_retries", "structured_output"}
+    assert all(getattr(config, name) == getattr(section, name) for name in shared)
+    assert config.price is None and config.schema_strict is False
+    priced = client_config(model="m", price=PriceTable(1.0, 2.0), budget_usd=3.0)
+    assert priced.price == PriceTable(prompt_usd_per_mtok=1.0, completion_usd_per_mtok=2.0) and priced.budget_usd == 3
 
 
 def test_api_key_never_stored(server: FakeLLMServer, make_client: Any, tmp_path: Path) -> None:
@@ -399,7 +445,7 @@ def test_api_key_never_stored(server: FakeLLMServer, make_client: Any, tmp_path:
     client.cache.close()
     files = [p for p in tmp_path.iterdir() if p.name.startswith("llm.db")]
     assert files and all(SECRET.encode() not in p.read_bytes() for p in files)
-    config_json = json.dumps(client.config.model_dump())
+    config_json = json.dumps(dataclasses.asdict(client.config))
     assert SECRET not in config_json and KEY_ENV in config_json
 
 
@@ -414,4 +460,5 @@ def test_concurrent_calls_are_all_logged_and_counted(server: FakeLLMServer, make
 
 def test_config_forbids_unknown_fields() -> None:
     with pytest.raises(ValueError):
-        LLMConfig(model="m", api_key="sk-should-not-be-here")  # type: ignore[call-arg]
+        LLMSection(model="m", api_key="sk-should-not-be-here")  # type: ignore[call-arg]
+    assert not any("key" in f.name and f.name != "api_key_env" for f in dataclasses.fields(LLMConfig))

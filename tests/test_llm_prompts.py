@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import re
 import subprocess
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from uhnas.arch import LAYER_TYPES, architecture_schema
+from uhnas.arch import ACTIVATIONS, LAYER_TYPES, architecture_schema
 from uhnas.llm.prompting import (
     KINDS,
     REQUIRED_KEYS,
@@ -59,10 +60,19 @@ def test_every_template_renders_for_every_variant(kind: str, variant: str, ctx: 
         assert '{"heuristics": [' in user
 
 
-def test_builtin_example_schema_renders_too() -> None:
-    context = example_context()
-    for kind in KINDS:
-        assert render_messages(kind, context)[1]["content"]
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "reflect"])
+def test_every_layer_type_and_activation_of_the_ir_reaches_the_model(kind: str, ctx: dict[str, Any]) -> None:
+    """The vocabulary in the prompt is rendered from the IR's own schema: nothing the IR accepts is left out."""
+    user = render_messages(kind, ctx)[1]["content"]
+    vocabulary = user.split("## Answer format")[1]
+    assert all(f'{{"type": "{t}"' in vocabulary for t in LAYER_TYPES)
+    line = next(line for line in vocabulary.splitlines() if '{"type": "activation"' in line)
+    assert all(json.dumps(a) in line for a in ACTIVATIONS)
+
+
+def test_the_prompt_layer_keeps_no_copy_of_the_schema() -> None:
+    assert inspect.signature(example_context).parameters["schema"].default is inspect.Parameter.empty
+    assert example_context(architecture_schema())["schema"] == architecture_schema()
 
 
 def test_kind_specific_content(ctx: dict[str, Any]) -> None:

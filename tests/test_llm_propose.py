@@ -13,9 +13,11 @@ import pytest
 
 from fake_llm_server import FakeLLMServer, reply
 from uhnas.arch import ArchitectureError, analyze, arch_hash, architecture_schema, parse_architecture
+from uhnas.config import LLMSection
+from uhnas.errors import ProposalError
 from uhnas.llm.cache import ResponseCache
 from uhnas.llm.client import LLMClient, LLMConfig
-from uhnas.llm.errors import ParseError
+from uhnas.llm.errors import LLMError, ParseError
 from uhnas.llm.knowledge import KnowledgeBase
 from uhnas.llm.parse import extract_json
 from uhnas.llm.prompting import example_context, render_messages
@@ -77,8 +79,8 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., LLMClient]]:
 
     def factory(base_url: str, mode: str = "readwrite") -> LLMClient:
         cache = ResponseCache(tmp_path / "llm.db", mode=mode)  # type: ignore[arg-type]
-        config = LLMConfig(model="fake-model", base_url=base_url, api_key_env=KEY_ENV, seed=3, timeout_s=5,
-                           max_retries=0)  # fmt: skip
+        section = LLMSection(model="fake-model", base_url=base_url, api_key_env=KEY_ENV, timeout_s=5, max_retries=0)
+        config = LLMConfig.from_section(section)
         client = LLMClient(config, cache, sleep=lambda s: None, rng=random.Random(0))
         opened.append((client, cache))
         return client
@@ -162,6 +164,7 @@ def test_always_invalid_raises_after_all_attempts(server: FakeLLMServer, client:
         propose(client, mutate_messages(), validate=make_validator(), schema=SCHEMA, purpose="mutate",
                 max_repairs=2)  # fmt: skip
     failed = info.value
+    assert isinstance(failed, ProposalError) and not isinstance(failed, LLMError)  # the engine asks again
     assert len(failed.attempts) == 3 and len(server.chat_requests) == 3 and server.pending == 1  # no 4th call
     assert failed.last_errors == (error_of(BAD_KERNEL),) and failed.call_id == failed.attempts[-1].call_id
     message = str(failed)
@@ -183,6 +186,14 @@ def test_no_repairs_means_one_attempt(server: FakeLLMServer, client: LLMClient) 
         propose(client, mutate_messages(), validate=make_validator(), schema=None, purpose="genius", max_repairs=0)
     body = server.chat_requests[0].body
     assert len(info.value.attempts) == 1 and body is not None and "response_format" not in body
+
+
+def test_every_attempt_of_a_proposal_carries_its_seed(server: FakeLLMServer, client: LLMClient) -> None:
+    server.script(json.dumps(BAD_SHAPE), json.dumps(MLP))
+    out = propose(client, mutate_messages(), validate=make_validator(), schema=SCHEMA, purpose="mutate", seed=11)
+    assert len(out.attempts) == 2
+    assert [r.body["seed"] for r in server.chat_requests] == [11, 11]  # type: ignore[index]
+    assert [client.log.call(a.call_id)["request"]["seed"] for a in out.attempts] == [11, 11]
 
 
 def test_truncated_answer_gets_a_hint(server: FakeLLMServer, client: LLMClient) -> None:

@@ -26,17 +26,20 @@ from llm_responders import (
     user_text,
     when,
 )
-from uhnas.arch import parse_architecture
+from uhnas.arch import ACTIVATIONS, LAYER_TYPES, architecture_schema, parse_architecture
 from uhnas.config import RunConfig
 from uhnas.data import dataset_spec
+from uhnas.errors import ProposalError
 from uhnas.hardware.card import Violation
 from uhnas.hardware.registry import load_backend
+from uhnas.llm import client as llm_client
 from uhnas.llm.cache import CallLog
 from uhnas.llm.errors import BudgetExceeded, CacheMiss, LLMError, LLMRetriesExhausted, LLMUnavailable
 from uhnas.llm.prompting import llmatic_instructions
 from uhnas.search import llm_methods
 from uhnas.search.engine import run_search
 from uhnas.search.llm_methods import LLMNotConfigured
+from uhnas.search.methods import MethodSetup
 from uhnas.search.operators.base import OperatorContext
 from uhnas.search.operators.llm import DUPLICATE, FALLBACK_OPERATOR, ArchValidator
 from uhnas.seeding import numpy_rng
@@ -48,8 +51,8 @@ STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries of dropped connections / 500s without Retry-After wait milliseconds, not seconds."""
-    monkeypatch.setattr(llm_methods, "BACKOFF_BASE_S", 0.005)
-    monkeypatch.setattr(llm_methods, "BACKOFF_MAX_S", 0.05)
+    monkeypatch.setattr(llm_client, "BACKOFF_BASE_S", 0.005)
+    monkeypatch.setattr(llm_client, "BACKOFF_MAX_S", 0.05)
 
 
 @pytest.fixture
@@ -280,14 +283,56 @@ def test_init_fallback_to_the_conventional_initializer_is_recorded(tmp_path: Pat
     assert [c["meta"]["verdict"] for c in calls(tmp_path / "run")] == ["malformed", "malformed"]
 
 
-def test_validator_reports_schema_shape_constraint_and_duplicate_errors_exactly() -> None:
+def operator_context(known: set[str], generation: int = 1, attempt: int = 0) -> OperatorContext:
+    """A context for digits on the ideal backend with no history; `known` holds the evaluated hashes."""
     shape, classes = dataset_spec("digits")
-    known = {"x"}
-    context = OperatorContext(
-        generation=1, slot=0, attempt=0, rng=numpy_rng(0), seed=0, dataset="digits", input_shape=shape,
-        num_classes=classes, backend=load_backend("ideal").describe(), objective="mean", population=(), front=(),
-        recent=(), history=(), is_known=known.__contains__, generations=2, offspring=2, population_size=2,
+    return OperatorContext(
+        generation=generation, slot=0, attempt=attempt, rng=numpy_rng(0), seed=0, dataset="digits",
+        input_shape=shape, num_classes=classes, backend=load_backend("ideal").describe(), objective="mean",
+        population=(), front=(), recent=(), history=(), is_known=known.__contains__, generations=2, offspring=2,
+        population_size=2,
     )  # fmt: skip
+
+
+def test_the_model_sees_every_layer_type_and_activation_of_the_ir(tmp_path: Path, server: FakeLLMServer) -> None:
+    run(llm_run_config(server.base_url, "population=2", "generations=0"), tmp_path / "run")
+    for request in server.chat_requests:
+        body: Any = request.body
+        assert body["response_format"]["json_schema"]["schema"] == architecture_schema()
+        user = body["messages"][1]["content"]
+        assert all(f'{{"type": "{t}"' in user for t in LAYER_TYPES) and all(f'"{a}"' in user for a in ACTIVATIONS)
+
+
+def test_only_an_answer_that_stays_invalid_is_a_proposal_error(tmp_path: Path) -> None:
+    with FakeLLMServer(responder=lambda body: "no architecture today") as srv:
+        config = llm_run_config(srv.base_url, "llm.max_repairs=0", "llm.max_retries=0")
+        setup = MethodSetup(config, *dataset_spec("digits"), hv_reference=(1.0, 3.0), out=tmp_path)
+        method = llm_methods.make_uhnas(setup)
+        with pytest.raises(ProposalError, match=r"^llm\.init: init: no valid answer after 1 attempts") as caught:
+            method.propose(operator_context(set(), generation=0))
+        assert not isinstance(caught.value, LLMError)
+    with pytest.raises(LLMRetriesExhausted) as failed:  # the server is gone: a client failure, not a bad answer
+        method.propose(operator_context(set(), generation=0, attempt=1))
+    assert not isinstance(failed.value, ProposalError)
+    method.close()
+
+
+def test_a_bug_in_a_prompt_family_stops_the_run_with_its_own_error(
+    tmp_path: Path, server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(record: TrialRecord) -> dict[str, Any]:
+        raise RuntimeError("bug in the mutate family")
+
+    monkeypatch.setattr("uhnas.search.operators.llm.candidate_summary", broken)
+    config = llm_run_config(server.base_url, "evolution.crossover_prob=0")
+    with pytest.raises(RuntimeError, match="bug in the mutate family"):
+        run(config, tmp_path / "run")
+    assert len(open_run(tmp_path / "run").records()) == config.population  # generation 0 kept
+
+
+def test_validator_reports_schema_shape_constraint_and_duplicate_errors_exactly() -> None:
+    known = {"x"}
+    context = operator_context(known)
     limit = 2000
     validator = ArchValidator(
         context, lambda s: [Violation("max_macs_demo", limit, s.macs, "MACs")] if s.macs > limit else []
@@ -384,7 +429,7 @@ def test_a_template_bug_stops_the_run_instead_of_failing_every_slot(
             raise PromptError("template 'mutate' needs context key 'parent'")
         return real(kind, context, **kwargs)
 
-    monkeypatch.setattr("uhnas.search.operators.llm.render_messages", broken)
+    monkeypatch.setattr("uhnas.search.operators.llm_ask.render_messages", broken)
     config = llm_run_config(server.base_url, "evolution.crossover_prob=0")
     with pytest.raises(PromptError, match="needs context key 'parent'"):
         run(config, tmp_path / "run")

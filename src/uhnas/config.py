@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from uhnas.errors import ConfigError
 
@@ -58,7 +58,10 @@ class EvolutionConfig(_Section):
 
 
 class LLMSection(_Section):
-    """The language model behind LLM-guided methods (uhnas, llmatic, genius); see uhnas.llm.client.LLMConfig.
+    """The language model behind LLM-guided methods (uhnas, llmatic, genius); the one definition of its settings.
+
+    The client's settings are derived from it (`uhnas.llm.client.LLMConfig.from_section`), with no defaults
+    of their own.
 
     `provider` is "openai" (any OpenAI-compatible chat-completions server at `base_url`) or
     "replay:<run dir>" (answers only from that run's llm.db, no network). The API key is never stored:
@@ -92,6 +95,16 @@ class LLMSection(_Section):
         if value != "openai" and not (value.startswith("replay:") and len(value) > len("replay:")):
             raise ValueError("must be 'openai' or 'replay:<run dir>'")
         return value
+
+    @model_validator(mode="after")
+    def _prices(self) -> LLMSection:
+        """Both prices or neither; a USD budget needs them (checked when the config loads, not at the first call)."""
+        prompt, completion = self.price_prompt_usd_per_mtok, self.price_completion_usd_per_mtok
+        if (prompt is None) != (completion is None):
+            raise ValueError("set both price_prompt_usd_per_mtok and price_completion_usd_per_mtok, or neither")
+        if self.budget_usd is not None and prompt is None:
+            raise ValueError("budget_usd needs price_prompt_usd_per_mtok and price_completion_usd_per_mtok")
+        return self
 
 
 class RunConfig(_Section):

@@ -2,6 +2,11 @@
 
 Wraps the official `openai` SDK (its own retries disabled) so that every retry, wait and token is decided and
 accounted here. Usage is derived from the SQLite call log, so a resumed run continues its totals and budget.
+
+The settings come from the run's `llm:` section (`uhnas.config.LLMSection`), validated once there: `LLMConfig` is
+derived from it by `LLMConfig.from_section` and has no defaults of its own. The sampling seed is not a setting of
+the client: each request carries its own (`LLMClient.complete(..., seed=...)`), so concurrent callers never share
+or swap a mutable config. This is the only module of `uhnas.llm` that imports `openai`.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from uhnas.config import LLMSection
 from uhnas.llm.cache import CallLog, CallRecord, ResponseCache, StoredAnswer, request_key
 from uhnas.llm.errors import (
     BudgetExceeded,
@@ -31,11 +36,23 @@ from uhnas.llm.errors import (
     one_line,
 )
 
-__all__ = ["LLMClient", "LLMConfig", "LLMReply", "PriceTable", "Tally", "Usage", "retry_after_s"]
+__all__ = [
+    "BACKOFF_BASE_S",
+    "BACKOFF_MAX_S",
+    "LLMClient",
+    "LLMConfig",
+    "LLMReply",
+    "PriceTable",
+    "Tally",
+    "Usage",
+    "retry_after_s",
+]
 
 StructuredOutput = Literal["auto", "json_schema", "json_object", "off"]
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 KEY_PLACEHOLDER = "not-needed"  # local servers accept any key; the SDK insists on one
+BACKOFF_BASE_S = 1.0  # full-jitter exponential backoff between retries of transient failures (no Retry-After)
+BACKOFF_MAX_S = 60.0
 _RETRYABLE_4XX = (408, 429)
 _FORMAT_WORDS = ("response_format", "json_schema", "schema")
 _ERROR_TYPES: dict[str, type[LLMError]] = {
@@ -43,51 +60,72 @@ _ERROR_TYPES: dict[str, type[LLMError]] = {
 }
 
 
-class PriceTable(BaseModel):
-    """USD per million tokens, to turn token counts into cost."""
+@dataclass(frozen=True)
+class PriceTable:
+    """USD per million tokens, to turn token counts into cost (from llm.price_*_usd_per_mtok)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt_usd_per_mtok: float = Field(ge=0)
-    completion_usd_per_mtok: float = Field(ge=0)
+    prompt_usd_per_mtok: float
+    completion_usd_per_mtok: float
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """Cost in USD of the given token counts."""
         return (prompt_tokens * self.prompt_usd_per_mtok + completion_tokens * self.completion_usd_per_mtok) / 1e6
 
 
-class LLMConfig(BaseModel):
-    """How to reach the model and how much the run may spend; holds the NAME of the key variable, never the key."""
+@dataclass(frozen=True)
+class LLMConfig:
+    """What the client needs, derived from a validated `LLMSection` (see `from_section`); no defaults of its own.
 
-    model_config = ConfigDict(extra="forbid")
+    Holds the NAME of the key variable, never the key. The seed is not here: it is an argument of each call.
+    """
 
-    model: str = Field(min_length=1)
-    base_url: str | None = None  # None: the SDK default (OPENAI_BASE_URL or api.openai.com)
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    max_tokens: int = Field(default=2048, gt=0)
-    seed: int | None = None
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=6, ge=0)
-    backoff_base_s: float = Field(default=1.0, ge=0)
-    backoff_max_s: float = Field(default=60.0, ge=0)
-    structured_output: StructuredOutput = "auto"
-    schema_strict: bool = False  # OpenAI strict mode needs additionalProperties=false everywhere
-    price: PriceTable | None = None
-    budget_tokens: int | None = Field(default=None, ge=0)
-    budget_usd: float | None = Field(default=None, ge=0)
+    model: str
+    base_url: str | None  # None: the SDK default (OPENAI_BASE_URL or api.openai.com)
+    api_key_env: str
+    temperature: float
+    max_tokens: int
+    timeout_s: float
+    max_retries: int
+    backoff_base_s: float
+    backoff_max_s: float
+    structured_output: StructuredOutput
+    schema_strict: bool  # OpenAI strict mode needs additionalProperties=false everywhere
+    price: PriceTable | None
+    budget_tokens: int | None
+    budget_usd: float | None
 
-    @model_validator(mode="after")
-    def _usd_budget_needs_prices(self) -> LLMConfig:
-        """A USD budget is only enforceable with a price table."""
-        if self.budget_usd is not None and self.price is None:
-            raise ValueError("budget_usd needs a price table (price: {prompt_usd_per_mtok, completion_usd_per_mtok})")
-        return self
+    @classmethod
+    def from_section(
+        cls,
+        section: LLMSection,
+        *,
+        backoff_base_s: float | None = None,
+        backoff_max_s: float | None = None,
+        schema_strict: bool = False,
+    ) -> LLMConfig:
+        """The client settings of a run's `llm:` section; the backoff defaults to BACKOFF_BASE_S / BACKOFF_MAX_S
+        (read at call time, so a test or benchmark can shorten it), strict schema mode to off.
+        """
+        return cls(
+            model=section.model, base_url=section.base_url, api_key_env=section.api_key_env,
+            temperature=section.temperature, max_tokens=section.max_tokens, timeout_s=section.timeout_s,
+            max_retries=section.max_retries,
+            backoff_base_s=BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s,
+            backoff_max_s=BACKOFF_MAX_S if backoff_max_s is None else backoff_max_s,
+            structured_output=section.structured_output, schema_strict=schema_strict, price=_price(section),
+            budget_tokens=section.budget_tokens, budget_usd=section.budget_usd,
+        )  # fmt: skip
 
     @property
     def endpoint(self) -> str:
         """The base URL calls go to, for messages."""
         return (self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _price(section: LLMSection) -> PriceTable | None:
+    """The price table of the section's two price fields (the section checks they come together)."""
+    prompt, completion = section.price_prompt_usd_per_mtok, section.price_completion_usd_per_mtok
+    return None if prompt is None or completion is None else PriceTable(prompt, completion)
 
 
 @dataclass(frozen=True)
@@ -351,10 +389,14 @@ class LLMClient:
         schema_name: str = "architecture",
         purpose: str,
         meta: dict[str, Any] | None = None,
+        seed: int | None = None,
     ) -> LLMReply:
-        """One chat completion: cached/replayed answer if recorded, else a live call with retries; always logged."""
+        """One chat completion: cached/replayed answer if recorded, else a live call with retries; always logged.
+
+        `seed` is sent with this request only (None: none is sent) and is part of its cache key.
+        """
         msgs = _normalise_messages(messages)
-        request = self._request(msgs, schema, schema_name)
+        request = self._request(msgs, schema, schema_name, seed)
         key = request_key(request)
         occurrence = self.cache.next_occurrence(key)
         with self._lock:
@@ -371,7 +413,7 @@ class LLMClient:
         if not self.cache.network_allowed:
             self._record_miss(base, serial, start)
         self._check_budget()
-        return self._live(base, msgs, schema, schema_name, start)
+        return self._live(base, msgs, schema, schema_name, seed, start)
 
     def close(self) -> None:
         """Close the SDK's HTTP connections (the cache is closed by its owner)."""
@@ -413,7 +455,9 @@ class LLMClient:
         key = os.environ.get(self.config.api_key_env, "")
         return text.replace(key, "***") if len(key) >= 4 else text
 
-    def _request(self, msgs: list[dict[str, Any]], schema: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    def _request(
+        self, msgs: list[dict[str, Any]], schema: dict[str, Any] | None, name: str, seed: int | None
+    ) -> dict[str, Any]:
         """The canonical request identity hashed into the cache key (configured format mode, not the fallback)."""
         cfg = self.config
         fmt = None
@@ -424,7 +468,7 @@ class LLMClient:
             "messages": msgs,
             "temperature": cfg.temperature,
             "max_tokens": cfg.max_tokens,
-            "seed": cfg.seed,
+            "seed": seed,
             "format": fmt,
         }
 
@@ -438,14 +482,14 @@ class LLMClient:
         return wanted
 
     def _sdk_kwargs(
-        self, msgs: list[dict[str, Any]], schema: dict[str, Any] | None, name: str, mode: str
+        self, msgs: list[dict[str, Any]], schema: dict[str, Any] | None, name: str, mode: str, seed: int | None
     ) -> dict[str, Any]:
         """Keyword arguments for chat.completions.create."""
         cfg = self.config
         kwargs: dict[str, Any] = {"model": cfg.model, "messages": msgs, "temperature": cfg.temperature}
         kwargs["max_completion_tokens" if self._use_max_completion_tokens else "max_tokens"] = cfg.max_tokens
-        if cfg.seed is not None:
-            kwargs["seed"] = cfg.seed
+        if seed is not None:
+            kwargs["seed"] = seed
         if mode == "json_schema":
             spec = {"name": name, "schema": schema, "strict": cfg.schema_strict}
             kwargs["response_format"] = {"type": "json_schema", "json_schema": spec}
@@ -514,14 +558,20 @@ class LLMClient:
             )
 
     def _live(
-        self, base: CallRecord, msgs: list[dict[str, Any]], schema: dict[str, Any] | None, name: str, start: float
+        self,
+        base: CallRecord,
+        msgs: list[dict[str, Any]],
+        schema: dict[str, Any] | None,
+        name: str,
+        seed: int | None,
+        start: float,
     ) -> LLMReply:
         """Call the server (with retries), log the outcome, index the answer, account tokens."""
         state = _Attempt()
         rec = copy.copy(base)
         sdk = self._sdk()  # a missing key is a configuration error, not a call outcome: raised before logging
         try:
-            answer = self._call_with_retries(sdk, msgs, schema, name, base.purpose, state)
+            answer = self._call_with_retries(sdk, msgs, schema, name, seed, base.purpose, state)
         except LLMError as exc:
             rec.error, rec.error_type = str(exc), type(exc).__name__
             self._finish_live(rec, state, start)
@@ -550,6 +600,7 @@ class LLMClient:
         msgs: list[dict[str, Any]],
         schema: dict[str, Any] | None,
         name: str,
+        seed: int | None,
         purpose: str,
         state: _Attempt,
     ) -> _Answer:
@@ -558,7 +609,7 @@ class LLMClient:
             state.attempts += 1
             state.mode = self._mode(schema)
             try:
-                response = sdk.chat.completions.create(**self._sdk_kwargs(msgs, schema, name, state.mode))
+                response = sdk.chat.completions.create(**self._sdk_kwargs(msgs, schema, name, state.mode, seed))
             except openai.APIStatusError as exc:
                 state.http_status = exc.status_code
                 if self._adapt(exc, state.mode):

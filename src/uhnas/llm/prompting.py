@@ -12,8 +12,9 @@ Context contract (what the operator layer passes; every key listed for a kind is
                                    constants: {name: {value, unit, source}}}
     energy_components_hint   optional str: which energy components dominate on this backend and why
     limits      {max_layers: int, max_width: int, ...}: architecture limits; any key, scalar or {value, unit}
-    schema      the architecture JSON schema (dict) the answer must match, rendered as a layer vocabulary
-                (every kind that asks for architectures: all but reflect)
+    schema      the architecture JSON schema the answer must match, rendered as a layer vocabulary (every kind
+                that asks for architectures: all but reflect); always the IR's own
+                `uhnas.arch.architecture_schema()`, so every layer type and activation the IR accepts is offered
     front       [candidate summary]: the feasible Pareto front (shown in the given order, at most SHOWN["front"])
     recent      [candidate summary]: the latest candidates, newest last (at most SHOWN["recent"])
     knowledge   [str]: the knowledge base's heuristics (model-written: rendered as quoted data)
@@ -365,7 +366,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    filters = dict(
+    filters: dict[str, Callable[..., Any]] = dict(
         q=quote, num=_num, count=_count, shape=_shape, breakdown=_breakdown, energy_shares=_energy_shares,
         violations=_violations, limits=_limits, task=_task, objective=_objective, by_drop=_by_drop,
         vocabulary=describe_schema, ident=_ident, layers=_layers_text, line=one_line,
@@ -422,42 +423,8 @@ def llmatic_instructions() -> list[str]:
     return [str(item) for item in module.instructions]  # type: ignore[attr-defined]
 
 
-# --- example context --------------------------------------------------------------------------------------------
-_EXAMPLE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "A feed-forward neural network as an ordered list of layers.",
-    "properties": {
-        "name": {"anyOf": [{"type": "string", "maxLength": 80}, {"type": "null"}]},
-        "rationale": {"anyOf": [{"type": "string", "maxLength": 2000}, {"type": "null"}]},
-        "layers": {
-            "type": "array", "minItems": 1, "maxItems": 32,
-            "items": {"anyOf": [
-                {"type": "object", "description": "Fully connected layer on a flat input.",
-                 "properties": {"type": {"type": "string", "enum": ["linear"]},
-                                "out_features": {"type": "integer", "minimum": 1, "maximum": 2048},
-                                "bias": {"type": "boolean"}}},
-                {"type": "object", "description": "2-D convolution.",
-                 "properties": {"type": {"type": "string", "enum": ["conv2d"]},
-                                "out_channels": {"type": "integer", "minimum": 1, "maximum": 256},
-                                "kernel": {"type": "integer", "minimum": 1, "maximum": 7},
-                                "stride": {"type": "integer", "minimum": 1, "maximum": 3},
-                                "padding": {"type": "integer", "minimum": 0, "maximum": 3},
-                                "bias": {"type": "boolean"}}},
-                {"type": "object", "description": "Max pooling over kernel x kernel windows.",
-                 "properties": {"type": {"type": "string", "enum": ["maxpool"]},
-                                "kernel": {"type": "integer", "minimum": 2, "maximum": 4}}},
-                {"type": "object", "description": "Flattens C x H x W to a vector.",
-                 "properties": {"type": {"type": "string", "enum": ["flatten"]}}},
-                {"type": "object", "description": "Elementwise nonlinearity.",
-                 "properties": {"type": {"type": "string", "enum": ["activation"]},
-                                "function": {"type": "string", "enum": ["relu", "tanh", "square", "saturating"]}}},
-            ]},
-        },
-    },
-}  # fmt: skip
-
-
-def _example_candidate(trial: int, layers: list[dict[str, Any]], clean: float, noisy: float, p5: float,
+# --- example context (the schema is passed in: see example_context) ---------------------------------------------
+def _example_candidate(trial: int, layers: list[Any], clean: float, noisy: float, p5: float,
                        breakdown: dict[str, float], params: int, macs: int, rationale: str,
                        violations: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """One realistic candidate summary for example_context()."""
@@ -470,8 +437,12 @@ def _example_candidate(trial: int, layers: list[dict[str, Any]], clean: float, n
     }  # fmt: skip
 
 
-def example_context(schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A realistic context (MZI backend on digits) for tests and `uhnas prompts render`; pass the real schema."""
+def example_context(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A realistic context (MZI backend on digits) for tests and `uhnas prompts render`.
+
+    `schema` is the IR's `uhnas.arch.architecture_schema()`: this module keeps no copy of the layer vocabulary
+    (a copy drifts), and it does not import uhnas.arch itself (the prompt layer knows nothing of the IR's code).
+    """
     mlp = [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"},
            {"type": "linear", "out_features": 10}]  # fmt: skip
     onn = [{"type": "flatten"}, {"type": "linear", "out_features": 16, "bias": False},
@@ -537,7 +508,7 @@ def example_context(schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
             "max_params": 5_000_000,
             "max_macs": 200_000_000,
         },  # fmt: skip
-        "schema": dict(schema) if schema is not None else _EXAMPLE_SCHEMA,
+        "schema": dict(schema),
         "front": front,
         "recent": recent,
         "knowledge": [

@@ -8,7 +8,9 @@ parsed or fails validation, the model's answer is appended as an assistant messa
 recorded and annotated in the call log; when repairs are exhausted `ProposalFailed` is raised: there is never a
 silent fallback. Answers are data: they are located and json-decoded by `extract_json`, never evaluated.
 
-Errors of the client itself (LLMUnavailable, BudgetExceeded, CacheMiss, ...) propagate unchanged. Validation must
+`ProposalFailed` is a `uhnas.errors.ProposalError` ("no valid answer for this attempt": the engine asks again),
+not an `LLMError`. Errors of the client itself (LLMUnavailable, BudgetExceeded, CacheMiss, ...) are LLMErrors and
+propagate unchanged: they stop a search. Every call of one proposal carries the caller's `seed`. Validation must
 be deterministic for a given answer so that a replayed run rebuilds the same repair conversation (cache hits).
 """
 
@@ -16,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uhnas.llm.client import LLMClient, LLMReply
-from uhnas.llm.errors import LLMError, ParseError, one_line
+from uhnas.errors import ProposalError
+from uhnas.llm.errors import ParseError, one_line
 from uhnas.llm.parse import extract_json
 from uhnas.llm.prompting import render_repair, sanitize
+
+if TYPE_CHECKING:  # the client imports openai; this loop only calls it
+    from uhnas.llm.client import LLMClient, LLMReply
 
 __all__ = ["Attempt", "Proposal", "ProposalBatch", "ProposalFailed", "batch_schema", "propose", "propose_many"]
 
@@ -92,11 +97,15 @@ class ProposalBatch(_AttemptTotals):
     messages: tuple[dict[str, Any], ...] = field(repr=False, default=())
 
 
-class ProposalFailed(LLMError):
-    """The model gave no usable answer within 1 + max_repairs attempts; carries every attempt."""
+class ProposalFailed(ProposalError):
+    """The model gave no usable answer within 1 + max_repairs attempts; carries every attempt.
+
+    A ProposalError, not an LLMError: the client worked, the answers were unusable, so the slot is asked again.
+    """
 
     def __init__(self, message: str, *, purpose: str, attempts: Sequence[Attempt]) -> None:
-        super().__init__(message, call_id=attempts[-1].call_id if attempts else None)
+        super().__init__(one_line(message, limit=600))
+        self.call_id = attempts[-1].call_id if attempts else None  # log row of the last answer
         self.purpose = purpose
         self.attempts = tuple(attempts)
 
@@ -125,14 +134,16 @@ def propose(
     purpose: str,
     max_repairs: int = 2,
     meta: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> Proposal:
-    """Ask for one JSON object until `validate` returns no errors, repairing at most `max_repairs` times."""
+    """Ask for one JSON object until `validate` returns no errors, repairing at most `max_repairs` times; every
+    call is sent with `seed` (None: no seed)."""
 
     def judge(data: dict[str, Any]) -> tuple[list[str], None, dict[str, Any]]:
         """The validator's errors for the one object."""
         return _errors(validate(data)), None, {}
 
-    loop = _Loop(client, messages, schema=schema, purpose=purpose, max_repairs=max_repairs, meta=meta)
+    loop = _Loop(client, messages, schema=schema, purpose=purpose, max_repairs=max_repairs, meta=meta, seed=seed)
     data, reply, _ = loop.run(judge, count=None)
     return Proposal(data=data, text=reply.text, call_id=reply.call_id, attempts=loop.attempts,
                     messages=tuple(loop.conversation))  # fmt: skip
@@ -149,6 +160,7 @@ def propose_many(
     min_valid: int = 1,
     max_repairs: int = 2,
     meta: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> ProposalBatch:
     """Ask for {"architectures": [...]}; keep the valid items (at most `count`), repair only if fewer than
     `min_valid` are valid. `validate` is called on the items in order and may be stateful: an item it accepts
@@ -179,12 +191,12 @@ def propose_many(
         if not items:
             return [f'"{BATCH_KEY}" is empty: {count} architectures were asked for'], (valid, rejected), notes
         lines = [f"only {len(valid)} of the architectures are valid, at least {min_valid} needed"]
-        for index, errors in rejected:
-            lines += [f"architecture {index}: {e}" for e in errors[:MAX_ITEM_ERRORS]]
+        for index, item_errors in rejected:
+            lines += [f"architecture {index}: {e}" for e in item_errors[:MAX_ITEM_ERRORS]]
         return lines, (valid, rejected), notes
 
     wanted = None if schema is None else batch_schema(schema)
-    loop = _Loop(client, messages, schema=wanted, purpose=purpose, max_repairs=max_repairs, meta=meta,
+    loop = _Loop(client, messages, schema=wanted, purpose=purpose, max_repairs=max_repairs, meta=meta, seed=seed,
                  schema_name="architectures")  # fmt: skip
     _, reply, (valid, rejected) = loop.run(judge, count=count)
     return ProposalBatch(items=tuple(valid), rejected=tuple(rejected), text=reply.text, call_id=reply.call_id,
@@ -210,6 +222,7 @@ class _Loop:
         purpose: str,
         max_repairs: int,
         meta: dict[str, Any] | None,
+        seed: int | None = None,
         schema_name: str = "architecture",
     ) -> None:
         """Copy the opening messages; nothing is sent yet."""
@@ -222,6 +235,7 @@ class _Loop:
         self.purpose = purpose
         self.max_attempts = 1 + max_repairs
         self.meta = dict(meta or {})
+        self.seed = seed
         self.attempts: tuple[Attempt, ...] = ()
 
     def run(self, judge: _Judge, *, count: int | None) -> tuple[dict[str, Any], LLMReply, Any]:
@@ -229,7 +243,7 @@ class _Loop:
         for number in range(1, self.max_attempts + 1):
             reply = self.client.complete(
                 self.conversation, schema=self.schema, schema_name=self.schema_name, purpose=self.purpose,
-                meta={**self.meta, "attempt": number},
+                meta={**self.meta, "attempt": number}, seed=self.seed,
             )  # fmt: skip
             data: dict[str, Any] | None
             extra: Any = None

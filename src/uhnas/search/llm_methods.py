@@ -4,7 +4,8 @@ All three run in the same engine with the same budget, dedup, store and evaluati
 differ only in how candidates are proposed and who survives.
 
 - ``uhnas``: NSGA-II selection (binary tournament, crossover with probability ``evolution.crossover_prob``,
-  constrained NSGA-II survival) with the `LLMOperator`: the model initialises the population (one call per slot,
+  constrained NSGA-II survival) with the `LLMOperator` (the init / mutate / crossover / reflect prompt
+  families of `uhnas.search.operators.llm`): the model initialises the population (one call per slot,
   conventional top-up after ``llm.init_failures_before_fallback`` failed LLM init proposals), mutates a parent it
   sees with clean/noisy accuracy, robustness drop, energy breakdown and violations, crosses two parents over, and
   rewrites a bounded knowledge base of design heuristics at the end of every generation. The system prompt is
@@ -29,13 +30,16 @@ differ only in how candidates are proposed and who survives.
 The client: ``llm.provider`` "openai" talks to any OpenAI-compatible server (``llm.base_url``; OpenAI, vLLM,
 Ollama's /v1, llama.cpp, LM Studio, ...) and logs every call into ``<run dir>/llm.db`` (response cache and call
 log). "replay:<run dir>" answers only from that run's llm.db, never from the network, and logs into this run's
-llm.db. The endpoint and model are checked when the method is built, before any evaluation.
+llm.db. The endpoint and model are checked when the method is built, before any evaluation. The client's
+settings are derived from the validated `llm:` section (`LLMConfig.from_section`: one set of defaults, in
+`uhnas.config.LLMSection`). This module is the only one that imports the client, hence `openai`: the engine
+imports it only for an LLM-guided method, so a conventional run never loads the SDK.
 
-Faults: the operator turns an answer that stays invalid after its repair turns into a ProposalError (the engine
-asks again, then records the slot as failed). Every other LLM error — BudgetExceeded, LLMRetriesExhausted,
-CacheMiss, LLMUnavailable, a rejected request — stops the run: it propagates out of `run_search` with every
-completed trial stored, and resuming (e.g. with a larger ``llm.budget_tokens``) continues where it stopped,
-re-deriving the earlier proposals from the response cache.
+Faults: the prompt families turn an answer that stays invalid after its repair turns into a ProposalError (the
+engine asks again, then records the slot as failed). Every other LLM error — BudgetExceeded, LLMRetriesExhausted,
+CacheMiss, LLMUnavailable, a rejected request, a template bug — stops the run: it propagates out of `run_search`
+with every completed trial stored, and resuming (e.g. with a larger ``llm.budget_tokens``) continues where it
+stopped, re-deriving the earlier proposals from the response cache.
 """
 
 from __future__ import annotations
@@ -50,24 +54,28 @@ from uhnas.arch import analyze
 from uhnas.config import LLMSection
 from uhnas.hardware.registry import load_backend
 from uhnas.llm.cache import ResponseCache
-from uhnas.llm.client import LLMClient, LLMConfig, PriceTable
+from uhnas.llm.client import LLMClient, LLMConfig
 from uhnas.llm.errors import LLMError
 from uhnas.llm.prompting import llmatic_instructions
 from uhnas.records import TrialRecord
 from uhnas.search.methods import NSGA2, MethodSetup, SearchMethod, nsga2_survival
 from uhnas.search.operators.base import OperatorContext, Proposal
-from uhnas.search.operators.llm import LLMOperator
+from uhnas.search.operators.llm import (
+    GeniusPrompt,
+    LLMAsk,
+    LLMaticCrossoverPrompt,
+    LLMaticInitPrompt,
+    LLMaticMutatePrompt,
+    LLMOperator,
+)
 
 __all__ = [
-    "BACKOFF_BASE_S",
-    "BACKOFF_MAX_S",
     "LLMATIC_CROSSOVER_PROB",
     "LLMNotConfigured",
     "LLMatic",
     "Genius",
     "UHNAS",
     "descriptor",
-    "llm_config",
     "make_genius",
     "make_llmatic",
     "make_uhnas",
@@ -77,9 +85,8 @@ __all__ = [
 
 LLM_DB = "llm.db"
 REPLAY_PREFIX = "replay:"
-BACKOFF_BASE_S = 1.0  # full-jitter exponential backoff between retries of transient failures (no Retry-After)
-BACKOFF_MAX_S = 60.0
 LLMATIC_CROSSOVER_PROB = 0.1
+OPERATOR_NAMES = {"uhnas": "llm", "llmatic": "llmatic", "genius": "genius"}  # method -> "<name>.<label>" prefix
 DEPTH_BINS = 8  # matmul layers 1..7, 8+
 MACS_HALF_DECADES = (4, 15)  # floor(2 log10 MACs) clamped to this range: < 10^2.5 ... >= 10^7.5
 
@@ -89,23 +96,6 @@ class LLMNotConfigured(LLMError, ValueError):
 
 
 # ----------------------------------------------------------------------------- the client
-
-
-def llm_config(section: LLMSection) -> LLMConfig:
-    """The client configuration of a run's `llm:` section (one-line LLMError for an unusable combination)."""
-    prices = (section.price_prompt_usd_per_mtok, section.price_completion_usd_per_mtok)
-    if (prices[0] is None) != (prices[1] is None):
-        raise LLMError("set both llm.price_prompt_usd_per_mtok and llm.price_completion_usd_per_mtok, or neither")
-    price = None if prices[0] is None else PriceTable(prompt_usd_per_mtok=prices[0], completion_usd_per_mtok=prices[1])
-    if section.budget_usd is not None and price is None:
-        raise LLMError("llm.budget_usd needs llm.price_prompt_usd_per_mtok and llm.price_completion_usd_per_mtok")
-    return LLMConfig(
-        model=section.model, base_url=section.base_url, api_key_env=section.api_key_env,
-        temperature=section.temperature, max_tokens=section.max_tokens, seed=section.seed,
-        timeout_s=section.timeout_s, max_retries=section.max_retries, backoff_base_s=BACKOFF_BASE_S,
-        backoff_max_s=BACKOFF_MAX_S, structured_output=section.structured_output, price=price,
-        budget_tokens=section.budget_tokens, budget_usd=section.budget_usd,
-    )  # fmt: skip
 
 
 def _replay_source(provider: str) -> Path:
@@ -119,7 +109,7 @@ def _replay_source(provider: str) -> Path:
 
 def open_client(section: LLMSection, out: Path) -> LLMClient:
     """A client logging into <out>/llm.db (replaying another run's log for "replay:<dir>"), checked at once."""
-    config = llm_config(section)
+    config = LLMConfig.from_section(section)
     db = Path(out) / LLM_DB
     if section.provider.startswith(REPLAY_PREFIX):
         cache = ResponseCache(db, mode="replay", source=_replay_source(section.provider))
@@ -153,16 +143,17 @@ def _setup_client(setup: MethodSetup, method: str) -> LLMClient:
     return open_client(section, setup.out)
 
 
-def _operator(setup: MethodSetup, client: LLMClient, name: str) -> LLMOperator:
-    """The LLM operator for a run: the backend's check and energy, the run's prompt settings."""
+def _shared_ask(setup: MethodSetup, method: str) -> LLMAsk:
+    """The shared ask helper of a method's prompt families: its client, the backend's check and energy, the run's
+    prompt settings; trials are named "<name>.<label>" with the method's operator name."""
+    client = _setup_client(setup, method)
     config, section = setup.config, setup.config.llm
     assert section is not None
     backend = load_backend(config.backend, list(config.backend_overrides))
-    return LLMOperator(
-        client, check=backend.check, energy=backend.energy, epochs=config.training.epochs,
-        system_prompt=section.system_prompt, max_repairs=section.max_repairs, llm_seed=section.seed,
-        init_failures_before_fallback=section.init_failures_before_fallback, name=name,
-    )  # fmt: skip
+    name = OPERATOR_NAMES[method]
+    return LLMAsk.from_section(
+        client, section, check=backend.check, energy=backend.energy, epochs=config.training.epochs, name=name
+    )
 
 
 def _close(client: LLMClient) -> None:
@@ -175,21 +166,22 @@ def _close(client: LLMClient) -> None:
 
 
 class _LLMMethod:
-    """Forwards refusals to the operator and closes the client when the engine is done with the method.
+    """Shares one LLMAsk among the method's prompt families, forgets refused proposals, closes the client at the end.
 
-    Client errors (budget spent, retries exhausted, replay diverged, template bugs) are LLMErrors: the engine
-    re-raises them from propose_slot, which stops the run with every completed trial stored.
+    A slot whose answers stay invalid raises ProposalError, which the engine catches (it asks again). Client errors
+    (budget spent, retries exhausted, replay diverged, template bugs) are LLMErrors, which the engine does not
+    catch: they stop the run with every completed trial stored.
     """
 
     name = "llm"
 
-    def __init__(self, operator: LLMOperator) -> None:
-        self.operator = operator
-        self._finalizer = weakref.finalize(self, _close, operator.client)
+    def __init__(self, ask: LLMAsk) -> None:
+        self.ask = ask
+        self._finalizer = weakref.finalize(self, _close, ask.client)
 
     def rejected(self, context: OperatorContext, proposal: Proposal | None, reason: str) -> None:
-        """The engine refused the last proposal for this slot; the operator forgets it."""
-        self.operator.rejected(context)
+        """The engine refused the last proposal for this slot: it is no longer pending."""
+        self.ask.pending.forget(context)
 
     def observe(self, records: Sequence[TrialRecord]) -> None:
         """Results are read from the context."""
@@ -197,7 +189,7 @@ class _LLMMethod:
     def reflect(self, context: OperatorContext) -> dict[str, Any] | None:
         """The operator's notes (uhnas) or None, with the LLM usage so far."""
         note = self._reflect(context)
-        usage = self.operator.client.usage.total
+        usage = self.ask.client.usage.total
         note = {
             **(note or {}),
             "llm_usage": {
@@ -222,9 +214,10 @@ class UHNAS(_LLMMethod):
 
     name = "uhnas"
 
-    def __init__(self, operator: LLMOperator, crossover_prob: float) -> None:
-        super().__init__(operator)
-        self.nsga2 = NSGA2(operator, crossover_prob)
+    def __init__(self, ask: LLMAsk, system_prompt: str, crossover_prob: float) -> None:
+        super().__init__(ask)
+        self.operator = LLMOperator(ask, system_prompt)
+        self.nsga2 = NSGA2(self.operator, crossover_prob)
 
     def propose(self, context: OperatorContext) -> Proposal:
         return self.nsga2.propose(context)
@@ -270,8 +263,11 @@ class LLMatic(_LLMMethod):
 
     name = "llmatic"
 
-    def __init__(self, operator: LLMOperator, input_shape: tuple[int, ...], num_classes: int) -> None:
-        super().__init__(operator)
+    def __init__(self, ask: LLMAsk, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__(ask)
+        self.init = LLMaticInitPrompt(ask)
+        self.mutate = LLMaticMutatePrompt(ask)
+        self.crossover = LLMaticCrossoverPrompt(ask)
         self.input_shape, self.num_classes = input_shape, num_classes
         self.instructions = len(llmatic_instructions())
         self.seen: list[TrialRecord] = []
@@ -292,13 +288,13 @@ class LLMatic(_LLMMethod):
     def propose(self, context: OperatorContext) -> Proposal:
         elites = self.elites(context.history)
         if context.generation == 0 or not elites:
-            return self.operator.initialize_generic(context)
+            return self.init.propose(context)
         rng = context.rng
         if len(elites) > 1 and rng.random() < LLMATIC_CROSSOVER_PROB:
             i, j = rng.choice(len(elites), size=2, replace=False).tolist()
-            return self.operator.crossover_generic(context, elites[i], elites[j])
+            return self.crossover.propose(context, elites[i], elites[j])
         parent = elites[int(rng.integers(len(elites)))]
-        return self.operator.llmatic_mutate(context, parent, int(rng.integers(self.instructions)))
+        return self.mutate.propose(context, parent, int(rng.integers(self.instructions)))
 
     def observe(self, records: Sequence[TrialRecord]) -> None:
         """Keep every record: the archive is over the whole run."""
@@ -314,11 +310,13 @@ class Genius(_LLMMethod):
 
     name = "genius"
 
+    def __init__(self, ask: LLMAsk) -> None:
+        super().__init__(ask)
+        self.refine = GeniusPrompt(ask)
+
     def propose(self, context: OperatorContext) -> Proposal:
-        fallback = self.operator.fallback_if_due(context)  # the initial population's conventional top-up
-        if fallback is not None:
-            return fallback
-        return self.operator.genius_refine(context, context.history)
+        """The next link of the chain (or the initial population's conventional top-up)."""
+        return self.refine.propose(context, context.history)
 
     def survive(self, candidates: Sequence[TrialRecord], size: int) -> list[TrialRecord]:
         """NSGA-II survival (reporting only)."""
@@ -330,17 +328,16 @@ class Genius(_LLMMethod):
 
 def make_uhnas(setup: MethodSetup) -> SearchMethod:
     """The `uhnas` method of a run (see module docstring)."""
-    client = _setup_client(setup, "uhnas")
-    return UHNAS(_operator(setup, client, "llm"), setup.config.evolution.crossover_prob)
+    ask = _shared_ask(setup, "uhnas")
+    assert setup.config.llm is not None  # _shared_ask said how to configure one otherwise
+    return UHNAS(ask, setup.config.llm.system_prompt, setup.config.evolution.crossover_prob)
 
 
 def make_llmatic(setup: MethodSetup) -> SearchMethod:
     """The `llmatic` baseline of a run."""
-    client = _setup_client(setup, "llmatic")
-    return LLMatic(_operator(setup, client, "llmatic"), setup.input_shape, setup.num_classes)
+    return LLMatic(_shared_ask(setup, "llmatic"), setup.input_shape, setup.num_classes)
 
 
 def make_genius(setup: MethodSetup) -> SearchMethod:
     """The `genius` baseline of a run."""
-    client = _setup_client(setup, "genius")
-    return Genius(_operator(setup, client, "genius"))
+    return Genius(_shared_ask(setup, "genius"))
