@@ -185,7 +185,7 @@ class _TypoOperator(RandomOperator):
 
 
 def test_an_operator_bug_stops_the_run_with_its_traceback(tmp_path: Path) -> None:
-    from uhnas.search.methods import NSGA2
+    from uhnas.search.conventional import NSGA2
 
     register_method("typo-nsga2", lambda setup: NSGA2(_TypoOperator(), crossover_prob=0.0))
     config = tiny("method=typo-nsga2")
@@ -199,7 +199,7 @@ def test_a_proposal_error_is_a_refused_attempt(tmp_path: Path) -> None:
         def mutate(self, context: OperatorContext, parent: object) -> Proposal:
             raise ProposalError("no valid mutation")
 
-    from uhnas.search.methods import NSGA2
+    from uhnas.search.conventional import NSGA2
 
     register_method("refusing-nsga2", lambda setup: NSGA2(Refusing(), crossover_prob=0.0))
     config = tiny("method=refusing-nsga2", "evolution.max_attempts=2")

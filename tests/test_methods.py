@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 
 from uhnas.config import RunConfig
 from uhnas.errors import MethodError
-from uhnas.search import methods
+from uhnas.search import conventional, methods
 from uhnas.search.methods import (
     ENTRY_POINT_GROUP,
     MethodSetup,
@@ -26,11 +27,11 @@ from uhnas.search.methods import (
 )
 
 BUILT_INS = {
-    "nsga2": "uhnas.search.methods:make_nsga2",
-    "random": "uhnas.search.methods:make_random",
-    "regevo": "uhnas.search.methods:make_regevo",
-    "optuna-nsga2": "uhnas.search.methods:make_optuna_nsga2",
-    "optuna-tpe": "uhnas.search.methods:make_optuna_tpe",
+    "nsga2": "uhnas.search.conventional:make_nsga2",
+    "random": "uhnas.search.conventional:make_random",
+    "regevo": "uhnas.search.conventional:make_regevo",
+    "optuna-nsga2": "uhnas.search.optuna_methods:make_optuna_nsga2",
+    "optuna-tpe": "uhnas.search.optuna_methods:make_optuna_tpe",
     "uhnas": "uhnas.search.llm_methods:make_uhnas",
     "llmatic": "uhnas.search.llm_methods:make_llmatic",
     "genius": "uhnas.search.llm_methods:make_genius",
@@ -63,7 +64,8 @@ def test_the_eight_built_ins_are_installed_entry_points() -> None:
     assert BUILT_INS.items() <= dict(installed_methods()).items()
     assert set(BUILT_INS) <= set(method_names())
     for name in ("nsga2", "random", "regevo", "optuna-nsga2", "optuna-tpe"):
-        assert load_factory(name) is getattr(methods, BUILT_INS[name].split(":")[1])
+        module, factory = BUILT_INS[name].split(":")
+        assert load_factory(name) is getattr(importlib.import_module(module), factory)
 
 
 def test_make_method_builds_each_conventional_method() -> None:
@@ -127,7 +129,7 @@ def test_a_plugin_that_crashes_on_import_keeps_its_traceback(
 
 def test_register_method_adds_in_process_and_removal_restores(registered: list[str]) -> None:
     registered.append("nsga2-alias-test")
-    register_method("nsga2-alias-test", methods.make_nsga2)
+    register_method("nsga2-alias-test", conventional.make_nsga2)
     assert "nsga2-alias-test" in method_names()
     assert type(make_method("nsga2-alias-test", SETUP)).__name__ == "NSGA2"
     unregister_method("nsga2-alias-test")

@@ -17,9 +17,10 @@ from uhnas.config import RunConfig
 from uhnas.hardware.registry import load_backend
 from uhnas.records import TrialRecord
 from uhnas.search import space
-from uhnas.search.methods import MethodSetup, make_method, suggest_architecture
+from uhnas.search.methods import MethodSetup, make_method
 from uhnas.search.operators import random as random_ops
 from uhnas.search.operators.base import OperatorContext
+from uhnas.search.optuna_methods import suggest_architecture
 from uhnas.search.reference import corner_architectures, hv_reference, reference_architectures
 from uhnas.seeding import numpy_rng
 

@@ -58,7 +58,8 @@ from uhnas.llm.client import LLMClient, LLMConfig
 from uhnas.llm.errors import LLMError
 from uhnas.llm.prompting import llmatic_instructions
 from uhnas.records import TrialRecord
-from uhnas.search.methods import NSGA2, MethodSetup, SearchMethod, nsga2_survival
+from uhnas.search.conventional import NSGA2, nsga2_survival
+from uhnas.search.methods import MethodSetup, SearchMethod
 from uhnas.search.operators.base import OperatorContext, Proposal
 from uhnas.search.operators.llm import (
     GeniusPrompt,
