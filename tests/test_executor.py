@@ -1,4 +1,10 @@
-"""Executors: same numbers as in-process evaluation, hard timeouts, crashes, memory limit, no orphans, Ray."""
+"""Executors: same numbers as in-process evaluation, hard timeouts, crashes, memory limit, no orphans, Ray.
+
+No assertion depends on how fast this machine is (they must hold on a loaded 2-core machine): jobs that must
+complete run under a timeout only a hung job reaches, jobs that must time out sleep until killed, a test that
+needs a job to be running waits for the job to say so (a file it writes), and a job that must break the memory
+limit grows past it and then holds still until the executor's poll kills it.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +21,20 @@ from typing import Any
 import pytest
 import torch
 
-from uhnas.search.executor import RAY_MISSING, ProcessExecutor, RayExecutor, make_executor
+from uhnas.errors import ConfigError
+from uhnas.search.executor import RAY_MISSING, ProcessExecutor, RayExecutor, make_executor, resident_mb
 from uhnas.search.jobs import EvalSettings, InlineExecutor, Job, JobResult, run_job
 
 TESTS_DIR = Path(__file__).resolve().parent
 SRC_DIR = TESTS_DIR.parent / "src"
 HELPER = "test_executor:misbehaving_job"  # importable in workers: spawn passes sys.path, which holds this folder
 SETTINGS = EvalSettings(dataset="digits", backend="gpu-b200-fp16", epochs=1, mc=2, batch_size=128)
-TIMEOUT_S = 3.0  # s: far above a tiny digits job (~0.1 s), far below the sleeping job
+TIMEOUT_S = 3.0  # s: the short timeout, only ever around jobs that sleep (must time out) or return at once
+JOB_TIMEOUT_S = 120.0  # s: around real digits jobs (~0.1-1 s each, 10x that on a loaded machine): only a hang
 LIMIT_MB = 1024  # MB: above a worker with torch loaded running a digits job (~0.5 GB resident)
-SLEEP_S = 60.0  # s a misbehaving job sleeps: only a timeout ends it
-GONE_WITHIN_S = 5.0  # s for killed workers to disappear
-MEMORY_TEST_TIMEOUT_S = 60.0  # s: the gradual job crosses LIMIT_MB in ~1-2 s; only a broken memory poll reaches this
+SLEEP_S = 600.0  # s a sleeping job sleeps: far beyond any timeout here, only a kill ends it
+GONE_WITHIN_S = 30.0  # s for killed workers to disappear (checked often; the margin is only spent on a failure)
+RUNNING_WITHIN_S = 120.0  # s for a started job to announce it is running (spawned workers import first)
 
 
 def mlp(width: int, activation: str) -> str:
@@ -54,18 +62,21 @@ def misbehaving_job(job: Job) -> JobResult:
         os._exit(3)
     elif command == "!sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif command == "!quick":
+        return JobResult(job.job_id, {"quick": True}, False)
     elif command == "!alloc-huge":
         bytearray(64 << 30)  # 64 GiB at once
-    elif (
-        command == "!alloc-gradual"
-    ):  # slow enough for the resident-memory poll to catch it before the address-space cap
-        hoard: list[mmap.mmap] = []  # fresh mappings: address space grows only as fast as resident memory, whatever
-        while len(hoard) < 512:  # malloc's policy (uhnas.allocator); up to 8 GiB, 16 MiB at a time, each page touched
+    elif command == "!alloc-and-hold":  # only the parent's resident-memory poll can end it, however slow the machine
+        # fresh mappings, each page touched: resident memory grows with address space, whatever malloc's policy
+        # (uhnas.allocator). It stops a little past the limit, well inside the address-space cap (start size +
+        # LIMIT_MB: the worker already holds hundreds of MB), and sleeps until the poll sees it and kills it.
+        hoard: list[mmap.mmap] = []
+        while (resident_mb(os.getpid()) or 0.0) <= LIMIT_MB + 64 and len(hoard) < 512:
             block = mmap.mmap(-1, 16 << 20)
             for offset in range(0, 16 << 20, mmap.PAGESIZE):
                 block[offset] = 1
             hoard.append(block)
-            time.sleep(0.02)
+        time.sleep(SLEEP_S)
     return run_job(job)
 
 
@@ -101,8 +112,8 @@ def inline_results() -> list[JobResult]:
 
 @pytest.fixture(scope="module")
 def faulty():
-    """Two workers running misbehaving_job, with a short timeout and a 1 GB memory limit."""
-    executor = ProcessExecutor(workers=2, timeout_s=TIMEOUT_S, memory_limit_mb=LIMIT_MB, job_fn=HELPER)
+    """Two workers running misbehaving_job, with a timeout (that only a hung job reaches) and a 1 GB memory limit."""
+    executor = ProcessExecutor(workers=2, timeout_s=JOB_TIMEOUT_S, memory_limit_mb=LIMIT_MB, job_fn=HELPER)
     yield executor
     executor.close()
 
@@ -136,6 +147,7 @@ def test_failing_callback_stops_running_jobs_and_bad_setup_raises():
         with pytest.raises(KeyError, match="store is down"):
             executor.run([0.0, SLEEP_S], on_result=explode)
         assert len(executor.worker_pids()) == 1 and wait_gone(set(pids) - set(executor.worker_pids())) == []
+        assert executor.worker_pids()[0] in pids  # the one that ran the 0 s job is kept, the sleeping one killed
         (result,) = executor.run([0.0])
         assert result.failed and result.reason == "job function returned NoneType, not JobResult"
         assert len(executor.worker_pids()) == 2
@@ -147,31 +159,59 @@ def test_failing_callback_stops_running_jobs_and_bad_setup_raises():
             broken.run([0.0])
 
 
-# A parent with two light workers (no torch: the 'job' is a float for time.sleep) that runs a 60 s job.
+# A parent with two light workers (no torch) that runs one job: announce it is running (a file), then sleep.
 CHILD = """
 import sys
+sys.path.insert(0, sys.argv[3])
 from uhnas.search.executor import ProcessExecutor
-executor = ProcessExecutor(workers=2, job_fn="time:sleep", preload=(), memory_limit_mb=0, start_method=sys.argv[1])
+executor = ProcessExecutor(
+    workers=2, job_fn="uhnas_announcing_sleep:run", preload=(), memory_limit_mb=0, start_method=sys.argv[1]
+)
 executor.start(wait=True)
 print(" ".join(map(str, executor.worker_pids())), flush=True)
-executor.run([float(sys.argv[2])])
+executor.run([(sys.argv[4], float(sys.argv[2]))])
 """
+ANNOUNCING_SLEEP = """
+import os
+import time
+
+
+def run(job):
+    path, seconds = job
+    with open(path + ".part", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.replace(path + ".part", path)  # appears complete or not at all
+    time.sleep(seconds)
+"""
+
+
+def wait_for_file(path: Path, child: subprocess.Popen, within_s: float = RUNNING_WITHIN_S) -> str | None:
+    """The text of a file once it exists, or None if the child exits or within_s passes first."""
+    deadline = time.monotonic() + within_s
+    while not path.exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+    return path.read_text()
 
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
-def test_workers_die_with_their_parent(sig, start_method):
-    """Ctrl-C in the parent or killing it outright leaves no worker behind."""
-    command = [sys.executable, "-c", CHILD, start_method, str(SLEEP_S)]
+def test_workers_die_with_their_parent(sig, start_method, tmp_path):
+    """Ctrl-C in the parent or killing it outright, while a job runs, leaves no worker behind."""
+    (tmp_path / "uhnas_announcing_sleep.py").write_text(ANNOUNCING_SLEEP)
+    running = tmp_path / "running"
+    command = [sys.executable, "-c", CHILD, start_method, str(SLEEP_S), str(tmp_path), str(running)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline()
         assert line.strip(), child.stderr.read()
         pids = [int(pid) for pid in line.split()]
         assert len(pids) == 2 and all(alive(pid) for pid in pids)
-        time.sleep(0.3)  # the sleeping job is running
+        job_pid = wait_for_file(running, child)  # the job is running in a worker: no race with start-up
+        assert job_pid is not None and int(job_pid) in pids, child.stderr.read() if child.poll() is not None else ""
         child.send_signal(sig)
-        child.wait(timeout=30)
+        child.wait(timeout=60)
     finally:
         if child.poll() is None:
             child.kill()
@@ -184,29 +224,38 @@ def test_workers_die_with_their_parent(sig, start_method):
 
 @pytest.mark.slow
 def test_ray_executor_local(inline_results, monkeypatch):
-    """Ray tasks with half a GPU each give the inline numbers; a sleeping task times out and a crashing one fails."""
+    """Ray tasks with half a GPU each give the inline numbers, a crashing one fails, a sleeping one times out.
+
+    The real jobs run under a timeout only a hang reaches (a task's time counts from its submission, so it includes
+    a fresh Ray worker importing torch); the short timeout is tested with a second executor, on the same Ray
+    instance, that runs only a job that sleeps until it is cancelled.
+    """
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'uhnas[ray]')")
     if ray.is_initialized():
         pytest.skip("a Ray instance is already running in this process")
     # local Ray workers inherit the driver's environment: let them import this module's helper
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), str(SRC_DIR), os.environ.get("PYTHONPATH", "")]))
-    commands = [ARCHS[0], "!sleep", ARCHS[1], "!exit"]
+    commands = [ARCHS[0], "!exit", ARCHS[1]]  # a slot freed by the crash runs ARCHS[1]
     jobs = [Job(i, command, SETTINGS) for i, command in enumerate(commands)]
     # one declared GPU shared by two jobs (num_gpus=0.5): scheduling only, the jobs run on the CPU
     init = {"num_gpus": 1, "object_store_memory": 100 << 20, "log_to_driver": False}  # 100 MB: enough for job results
     with RayExecutor(
-        None, num_cpus=1, num_gpus=0.5, timeout_s=8.0, job_fn=HELPER, local_cpus=2, init_kwargs=init
+        None, num_cpus=1, num_gpus=0.5, timeout_s=JOB_TIMEOUT_S, job_fn=HELPER, local_cpus=2, init_kwargs=init
     ) as executor:
         assert executor.capacity() == 2
-        with pytest.raises(RuntimeError, match="each job asks for 2 GPU, but the Ray cluster has 1"):
+        with pytest.raises(ConfigError, match="each job asks for 2 GPU, but the Ray cluster has 1"):
             RayExecutor(None, num_gpus=2).capacity()  # reuses the running instance
         seen: list[int] = []
         results = executor.run(jobs, on_result=lambda r: seen.append(r.job_id))
+        short = RayExecutor(None, num_cpus=1, num_gpus=0.5, timeout_s=TIMEOUT_S, job_fn=HELPER)  # same instance
+        start = time.monotonic()
+        (sleeper,) = short.run([Job(3, "!sleep", SETTINGS)])
+        assert time.monotonic() - start < SLEEP_S / 2  # cut short by the timeout, not ended by itself
     assert not ray.is_initialized()
-    assert sorted(seen) == [0, 1, 2, 3] and [r.job_id for r in results] == [0, 1, 2, 3]
+    assert sorted(seen) == [0, 1, 2] and [r.job_id for r in results] == [0, 1, 2]
     assert numbers(results[0]) == numbers(inline_results[0]) and numbers(results[2]) == numbers(inline_results[1])
-    assert results[1].failed and results[1].reason == "timed out after 8 s"
-    assert results[3].failed and results[3].reason.startswith("worker died:")
+    assert results[1].failed and results[1].reason.startswith("worker died:")
+    assert sleeper.failed and sleeper.reason == f"timed out after {TIMEOUT_S:g} s"
 
 
 def test_same_numbers_as_inline_in_job_order(inline_results, faulty):
@@ -228,36 +277,56 @@ def test_same_numbers_as_inline_in_job_order(inline_results, faulty):
         assert [numbers(r) for r in results] == [numbers(r) for r in inline_results]
 
 
-def test_timeout_raise_and_crashes_fail_while_others_complete(inline_results, faulty):
-    """Sleeping past the timeout, raising, exiting and SIGKILL-ing itself fail with reasons; the rest complete."""
-    commands = ["!sleep", ARCHS[0], "!raise", ARCHS[1], ARCHS[2], "!exit", "!sigkill"]  # ends soon after the timeout
+def test_raise_and_crashes_fail_while_others_complete(inline_results, faulty):
+    """Raising, exiting and SIGKILL-ing itself fail with reasons; the other jobs complete with the inline numbers."""
+    commands = [ARCHS[0], "!raise", ARCHS[1], "!exit", ARCHS[2], "!sigkill"]
     jobs = [Job(10 + i, command, SETTINGS) for i, command in enumerate(commands)]
     before = set(faulty.worker_pids())
     seen: list[int] = []
     results = faulty.run(jobs, on_result=lambda r: seen.append(r.job_id))
     assert sorted(seen) == [job.job_id for job in jobs] and [r.job_id for r in results] == [job.job_id for job in jobs]
     by_command = dict(zip(commands, results))
-    assert by_command["!sleep"].failed and by_command["!sleep"].reason == f"timed out after {TIMEOUT_S:g} s"
     assert by_command["!raise"].failed and by_command["!raise"].reason == "RuntimeError: deliberate failure"
     assert by_command["!exit"].failed and by_command["!exit"].reason == "worker died: exit code 3"
     assert by_command["!sigkill"].failed and by_command["!sigkill"].reason.startswith("worker died: killed by SIGKILL")
     for arch, reference in zip(ARCHS[:3], inline_results):
         assert not by_command[arch].failed and numbers(by_command[arch]) == numbers(reference)
     after = set(faulty.worker_pids())
-    assert len(after) == 2 and not before & after  # both replaced (one twice); the pool is whole again
+    assert len(after) == 2 and before - after  # the dead replaced (which ones depends on scheduling): pool whole
+    assert wait_gone(before - after) == []  # and reaped
+
+
+def test_timeout_kills_and_replaces_while_others_complete():
+    """Jobs past the timeout fail with its reason and their workers are replaced; the queued jobs then complete.
+
+    Both workers are ready before the run, so each takes one sleeping job at once; the quick jobs need no time.
+    """
+    commands = ["!sleep", "!sleep", "!quick", "!quick", "!quick"]
+    jobs = [Job(30 + i, command, SETTINGS) for i, command in enumerate(commands)]
+    with ProcessExecutor(workers=2, timeout_s=TIMEOUT_S, memory_limit_mb=0, job_fn=HELPER) as executor:
+        executor.start(wait=True)
+        before = set(executor.worker_pids())
+        start = time.monotonic()
+        results = executor.run(jobs)
+        elapsed = time.monotonic() - start
+        after = set(executor.worker_pids())
+    assert [r.job_id for r in results] == [job.job_id for job in jobs]
+    for result in results[:2]:
+        assert result.failed and result.reason == f"timed out after {TIMEOUT_S:g} s"
+        assert result.wall_seconds >= TIMEOUT_S
+    assert all(not r.failed and r.evaluation == {"quick": True} for r in results[2:])
+    assert TIMEOUT_S <= elapsed < SLEEP_S / 2  # cut short by the timeout, not ended by itself
+    assert len(after) == 2 and not before & after  # both replaced; the pool is whole again
     assert wait_gone(before) == []  # killed and reaped
 
 
 def test_memory_limit_fails_the_job_and_the_executor_goes_on(inline_results):
-    """A huge allocation and a slowly growing one fail with the memory reason; a normal job then completes.
-
-    Its own executor, with a timeout far above the ~1-2 s the gradual job needs to pass the limit: how fast it
-    grows depends on the machine's page-fault cost, and with the short timeout of `faulty` it sometimes timed out.
+    """A huge allocation and one that grows past the limit and holds fail with the memory reason; a normal job
+    then completes. The growing job waits to be killed, so the resident-memory poll catches it however slowly the
+    machine runs; only a broken poll lets it reach the timeout (and the assertion on its reason names that).
     """
-    jobs = [Job(20, "!alloc-huge", SETTINGS), Job(21, "!alloc-gradual", SETTINGS), Job(22, ARCHS[3], SETTINGS)]
-    with ProcessExecutor(
-        workers=2, timeout_s=MEMORY_TEST_TIMEOUT_S, memory_limit_mb=LIMIT_MB, job_fn=HELPER
-    ) as executor:
+    jobs = [Job(20, "!alloc-huge", SETTINGS), Job(21, "!alloc-and-hold", SETTINGS), Job(22, ARCHS[3], SETTINGS)]
+    with ProcessExecutor(workers=2, timeout_s=JOB_TIMEOUT_S, memory_limit_mb=LIMIT_MB, job_fn=HELPER) as executor:
         huge, gradual, normal = executor.run(jobs)
     reason = f"exceeded memory limit of {LIMIT_MB} MB"
     assert huge.failed

@@ -1,9 +1,11 @@
-"""Fast trainer: learning, determinism, clean failure on non-finite loss, the forward hooks and the exact Adam."""
+"""Fast trainer: learning, determinism, clean failure on non-finite loss, the forward hooks and public torch Adam."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -143,14 +145,15 @@ def test_conv_model_trains_and_keeps_nchw_weights(digits: Dataset) -> None:
     assert conv.weight.is_contiguous() and conv.weight.view(4, -1).shape == (4, 9)
 
 
-def test_fused_adam_matches_torch_adam(digits: Dataset) -> None:
+def test_training_steps_are_torch_optim_adam(digits: Dataset) -> None:
+    """The stepper is torch.optim.Adam(fused=True) on CPU: its updates equal a hand-written Adam loop bit for bit."""
     config = TrainConfig(epochs=1, weight_decay=1e-2)
     model = mlp()
     reference = copy.deepcopy(model)
     params = list(reference.parameters())
     adam = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     stepper = train_module._make_stepper(model, config, torch.device("cpu"))
-    assert isinstance(stepper, train_module._FusedAdam)
+    assert isinstance(stepper, train_module._Adam) and stepper.fused
     x, y = digits.x_train[:64], digits.y_train[:64]
     for _ in range(5):
         adam.zero_grad()
@@ -161,10 +164,47 @@ def test_fused_adam_matches_torch_adam(digits: Dataset) -> None:
         assert torch.equal(ours, theirs)
 
 
+def test_train_matches_the_readable_loop(digits: Dataset) -> None:
+    """train() is the plain loop (seeded shuffle, forward, cross-entropy, Adam step) written out here, bit for bit."""
+    config = TrainConfig(epochs=2, batch_size=50, lr=2e-3, weight_decay=1e-3, seed=5)
+    initial = mlp()
+    trained = copy.deepcopy(initial)
+    result = train(trained, digits, config)
+    model = copy.deepcopy(initial)
+    adam = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    order = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.epochs):
+        permutation = torch.randperm(len(digits.y_train), generator=order)
+        losses = []
+        for batch in permutation.split(config.batch_size):
+            loss = nn.functional.cross_entropy(model(digits.x_train[batch]), digits.y_train[batch])
+            adam.zero_grad()
+            loss.backward()
+            adam.step()
+            losses.append(loss.detach())
+    assert result.final_loss == float(torch.stack(losses).mean())
+    for ours, theirs in zip(trained.parameters(), model.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+    assert all(p.grad is None for p in trained.parameters())  # no gradients of the last step left behind
+
+
+def test_no_private_torch_calls() -> None:
+    """Training uses torch's public API only (issue 11: the private fused-kernel path was not worth its risk)."""
+    source = inspect.getsource(train_module)
+    assert re.findall(r"torch\._\w+", source) == []
+
+
+def test_fused_kernel_probe() -> None:
+    """The probe finds the CPU kernel (torch >= 2.4) and reports False for a device torch has none for."""
+    assert train_module._has_fused_adam(torch.device("cpu"))
+    assert not train_module._has_fused_adam(torch.device("meta"))
+
+
 def test_fallback_adam_agrees_with_fused(digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
     initial = mlp()
     fused = train(copy.deepcopy(initial), digits, TrainConfig(epochs=1))
     monkeypatch.setattr(train_module, "_has_fused_adam", lambda device: False)
+    assert not train_module._make_stepper(mlp(), TrainConfig(), torch.device("cpu")).fused
     plain = train(copy.deepcopy(initial), digits, TrainConfig(epochs=1))
     assert plain.final_loss == pytest.approx(fused.final_loss, rel=1e-4)
 
