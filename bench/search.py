@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from uhnas.config import RunConfig, load_config
-from uhnas.search.engine import RunResult, eval_settings, run_search
+from uhnas.search.engine import RunResult, run_search
 from uhnas.search.events import Event
 from uhnas.search.executor import ProcessExecutor, available_cores
-from uhnas.search.jobs import Job
+from uhnas.search.jobs import EvalSettings, Job
 from uhnas.search.methods import method_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def started_executor(config: RunConfig, workers: int) -> ProcessExecutor:
         workers, config.executor.timeout_s, config.executor.memory_limit_mb, torch_threads=THREADS
     )
     executor.start(wait=True)
-    warm_up = [Job(-1 - i, WARM_UP_ARCH, eval_settings(config)) for i in range(workers)]
+    warm_up = [Job(-1 - i, WARM_UP_ARCH, EvalSettings.from_config(config)) for i in range(workers)]
     executor.run(warm_up)  # each worker loads the dataset and runs its first torch ops outside the timings
     return executor
 

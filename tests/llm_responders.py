@@ -320,7 +320,7 @@ def synthetic_job(job: Job) -> JobResult:
         noisy_accuracy=NoisyAccuracy(accuracy - drop_, 0.005, accuracy - 2 * drop_, s.mc),
         energy_nj=report.total_nj, energy_breakdown_nj=dict(report.breakdown_nj),
         violations=[v.to_dict() for v in violations], total_violation=total_violation(violations),
-        epochs=s.epochs, seed=s.seed,
+        epochs=s.training.epochs, seed=s.seed,
     )  # fmt: skip
     return JobResult(job.job_id, evaluation.to_dict(), False, None, 0.001)
 

@@ -79,7 +79,7 @@ def synthetic_job(job: Job) -> JobResult:
         energy_breakdown_nj=dict(report.breakdown_nj),
         violations=[v.to_dict() for v in violations],
         total_violation=total_violation(violations),
-        epochs=s.epochs,
+        epochs=s.training.epochs,
         seed=s.seed,
     )
     return JobResult(job.job_id, evaluation.to_dict(), False, None, 0.001)

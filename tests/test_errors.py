@@ -88,13 +88,12 @@ def test_unknown_backend_names_a_broken_plugin(monkeypatch: pytest.MonkeyPatch) 
 # ------------------------------------------------------------------------------------- evaluation failures
 
 
-def _settings(**changes: object) -> EvalSettings:
-    base = dict(dataset="digits", backend="ideal", epochs=1, mc=0)
-    return EvalSettings(**{**base, **changes})  # type: ignore[arg-type]
+def _settings(*overrides: str) -> EvalSettings:
+    return EvalSettings.from_config(load_config(None, ["backend=ideal", "training.epochs=1", "mc=0", *overrides]))
 
 
 def test_run_job_classifies_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    bad_setup = run_job(Job(1, MLP, _settings(backend="no-such-backend")))
+    bad_setup = run_job(Job(1, MLP, _settings("backend=no-such-backend")))
     assert bad_setup.failed and bad_setup.details["kind"] == USER_ERROR
     assert bad_setup.reason is not None and bad_setup.reason.startswith("unknown backend 'no-such-backend'")
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 
+from uhnas.config import load_config
 from uhnas.errors import ConfigError
 from uhnas.search.executor import RAY_MISSING, ProcessExecutor, RayExecutor, make_executor, resident_mb
 from uhnas.search.jobs import EvalSettings, InlineExecutor, Job, JobResult, run_job
@@ -28,7 +29,9 @@ from uhnas.search.jobs import EvalSettings, InlineExecutor, Job, JobResult, run_
 TESTS_DIR = Path(__file__).resolve().parent
 SRC_DIR = TESTS_DIR.parent / "src"
 HELPER = "test_executor:misbehaving_job"  # importable in workers: spawn passes sys.path, which holds this folder
-SETTINGS = EvalSettings(dataset="digits", backend="gpu-b200-fp16", epochs=1, mc=2, batch_size=128)
+SETTINGS = EvalSettings.from_config(
+    load_config(None, ["backend=gpu-b200-fp16", "training.epochs=1", "training.batch_size=128", "mc=2"])
+)
 TIMEOUT_S = 3.0  # s: the short timeout, only ever around jobs that sleep (must time out) or return at once
 JOB_TIMEOUT_S = 120.0  # s: around real digits jobs (~0.1-1 s each, 10x that on a loaded machine): only a hang
 LIMIT_MB = 1024  # MB: above a worker with torch loaded running a digits job (~0.5 GB resident)

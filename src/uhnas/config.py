@@ -23,13 +23,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TrainingConfig(_Section):
-    """How every candidate is trained (shared by all candidates of a run, so comparisons are fair)."""
+class TrainingHyperparameters(_Section):
+    """How a network is trained: the one definition of these settings, their defaults and their limits."""
 
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    epochs: int = Field(default=20, ge=1, strict=True)  # strict: true/false are not counts
+    batch_size: int = Field(default=64, ge=1, strict=True)
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)  # Adam learning rate
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # Adam weight decay
+
+
+class TrainingConfig(TrainingHyperparameters):
+    """How every candidate of a run is trained (shared by all candidates, so comparisons are fair)."""
+
     noise_aware: bool = False  # sample the backend's non-idealities in every training forward pass
 
 
@@ -260,6 +265,7 @@ __all__ = [
     "Objective",
     "RunConfig",
     "TrainingConfig",
+    "TrainingHyperparameters",
     "apply_overrides",
     "config_differences",
     "config_from_dict",

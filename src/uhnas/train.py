@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,8 +17,10 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
+from uhnas.config import TrainingHyperparameters
 from uhnas.data import Dataset
 
 __all__ = ["Forward", "TrainConfig", "TrainResult", "evaluate_accuracy", "train"]
@@ -33,39 +34,10 @@ ADAM_EPS = 1e-8  # torch.optim.Adam default
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed accepts non-negative seeds up to this
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters shared by every candidate of a run."""
+class TrainConfig(TrainingHyperparameters):
+    """The hyper-parameters of one training run (`uhnas.config.TrainingHyperparameters`) and its seed."""
 
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        """Reject out-of-range values with a message naming the field."""
-        _require_int("epochs", self.epochs, minimum=1)
-        _require_int("batch_size", self.batch_size, minimum=1)
-        _require_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
-        if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
-        if not _is_real(self.weight_decay) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-
-
-def _is_real(value: object) -> bool:
-    """True for int and float values but not bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _require_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
-    """Raise ValueError unless `value` is an int (not bool) within [minimum, maximum]."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"TrainConfig.{name} must be an integer, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = "" if maximum is None else f" and <= {maximum}"
-        raise ValueError(f"TrainConfig.{name} must be >= {minimum}{upper}, got {value}")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)  # initial weights, batch order, noise samples
 
 
 @dataclass

@@ -230,25 +230,6 @@ def _check_resumable(out: Path, old: dict[str, Any], new: dict[str, Any]) -> Non
         )
 
 
-def eval_settings(config: RunConfig) -> EvalSettings:
-    """The evaluation settings every job of the run shares."""
-    t = config.training
-    return EvalSettings(
-        dataset=config.dataset,
-        backend=config.backend,
-        backend_overrides=tuple(config.backend_overrides),
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        seed=config.seed,
-        mc=config.mc,
-        noise_aware=t.noise_aware,
-        device=config.device,
-        data_dir=config.data_dir,
-    )
-
-
 def make_run_executor(config: RunConfig) -> Executor:
     """The executor the config asks for (process workers with hard timeouts by default)."""
     from uhnas.search.executor import make_executor
@@ -397,7 +378,7 @@ class _Search:
         self.store.write_run_file(c.to_dict())
         self.store.set("budget", c.budget)
         self.store.set("finished", False)
-        self.settings = eval_settings(c)
+        self.settings = EvalSettings.from_config(c)
         if self.method is None:
             self.method = make_method(
                 c.method, MethodSetup(c, self.input_shape, self.num_classes, self.reference, self.out)
@@ -630,7 +611,6 @@ def run_search(
 
 __all__ = [
     "RunResult",
-    "eval_settings",
     "propose_slot",
     "run_search",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from uhnas.config import RunConfig, TrainingConfig
 from uhnas.errors import UhnasError
 
 USER_ERROR = "user-error"  # JobResult.details["kind"]: the run's configuration or environment is wrong
@@ -27,22 +28,32 @@ def _one_line(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How every candidate of a run is evaluated (shared by all jobs of the run)."""
+    """How every candidate of a run is evaluated: derived from the run's validated RunConfig (`from_config`)."""
 
-    dataset: str = "digits"
-    backend: str = "mzi-realistic"
-    backend_overrides: tuple[str, ...] = ()
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    mc: int = 32
-    noise_aware: bool = False
-    device: str = "cpu"
-    data_dir: str | None = None
-    train_infeasible: bool = True
+    dataset: str
+    data_dir: str | None
+    backend: str
+    backend_overrides: tuple[str, ...]
+    training: TrainingConfig
+    seed: int
+    mc: int
+    device: str
+    train_infeasible: bool = True  # train candidates that violate a constraint (their accuracy ranks them too)
     torch_threads: int | None = None  # threads per worker; None leaves torch's default
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> EvalSettings:
+        """The settings every job of a run shares."""
+        return cls(
+            dataset=config.dataset,
+            data_dir=config.data_dir,
+            backend=config.backend,
+            backend_overrides=tuple(config.backend_overrides),
+            training=config.training,
+            seed=config.seed,
+            mc=config.mc,
+            device=config.device,
+        )
 
 
 @dataclass(frozen=True)
@@ -103,9 +114,7 @@ def run_job(job: Job) -> JobResult:
 
             torch.set_num_threads(s.torch_threads)
         arch = parse_architecture_json(job.arch_json, source=f"candidate {job.job_id}")
-        config = TrainConfig(
-            epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, seed=s.seed
-        )
+        config = TrainConfig(**s.training.model_dump(exclude={"noise_aware"}), seed=s.seed)
         backend = load_backend(s.backend, list(s.backend_overrides))
         evaluation = evaluate(
             arch,
@@ -113,7 +122,7 @@ def run_job(job: Job) -> JobResult:
             backend,
             train_config=config,
             mc=s.mc,
-            noise_aware=s.noise_aware,
+            noise_aware=s.training.noise_aware,
             device=s.device,
             data_dir=s.data_dir,
             train_infeasible=s.train_infeasible,
