@@ -34,12 +34,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from uhnas.config import RunConfig
 from uhnas.errors import MethodError
-from uhnas.records import TrialRecord
-from uhnas.search.operators.base import OperatorContext, Proposal
+
+if TYPE_CHECKING:  # annotations only: listing or loading a method imports nothing but the method's own module
+    from uhnas.config import RunConfig
+    from uhnas.records import TrialRecord
+    from uhnas.search.operators.base import OperatorContext, Proposal
 
 
 @dataclass(frozen=True)
