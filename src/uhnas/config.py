@@ -7,6 +7,7 @@ so a later section (e.g. ``llm:`` for the LLM-guided methods) is one new field o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,9 +79,9 @@ class LLMSection(_Section):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = Field(default=0.7, ge=0, le=2)
-    max_tokens: int = Field(default=2048, ge=16)
+    max_tokens: int = Field(default=1024, ge=16)  # answer length cap: an architecture answer needs ~100-400
     seed: int | None = None  # sent to the server; None = derived from the run seed
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)  # per call; CPU servers beside other work need minutes
     max_retries: int = Field(default=6, ge=0)
     structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
     price_prompt_usd_per_mtok: float | None = Field(default=None, ge=0)
@@ -89,9 +90,11 @@ class LLMSection(_Section):
     budget_usd: float | None = Field(default=None, gt=0)
     system_prompt: Literal["hardware-aware", "generic", "minimal"] = "hardware-aware"
     max_repairs: int = Field(default=2, ge=0)  # repair turns after an invalid answer, per proposal
-    init_failures_before_fallback: int = Field(
-        default=2, ge=1
-    )  # failed LLM init slots before conventional init tops up
+    max_calls_per_slot: int = Field(default=6, ge=1)  # LLM calls one slot may cost before the fallback fills it
+    fallback_after: int = Field(default=2, ge=1)  # failed slots in a row before later slots get one probe call only
+    init_failures_before_fallback: int | None = Field(default=None, ge=1)  # deprecated alias of fallback_after
+    autofix: bool = True  # insert a missing flatten / append or resize the classifier (verdict "autofixed")
+    steering: Literal["energy", "off"] = "energy"  # name a sparse energy band of the front as each child's target
     shared_cache: str | None = None  # optional extra SQLite cache shared between runs
 
     @field_validator("provider")
@@ -149,7 +152,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: Mapping[str, Any]) -> str:
     """A short message for one pydantic error."""
     if error["type"] == "extra_forbidden":
         return "unknown key"

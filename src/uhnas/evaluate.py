@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from uhnas.arch import Architecture, ArchitectureError, analyze, arch_hash
-from uhnas.arch.build import build, forward_draws
+from uhnas.arch.build import Network, build, forward_draws
 from uhnas.data import Dataset, load_dataset, resolve_device
 from uhnas.hardware.base import Backend, RealizedModel
 from uhnas.hardware.card import total_violation
@@ -105,10 +105,11 @@ def _training_forward(backend: Backend, generator: torch.Generator):
     """A train() forward hook that runs each batch through one freshly sampled device draw."""
 
     def forward(model: torch.nn.Module, x: Tensor) -> Tensor:
-        programs = backend.training_programs(model, generator)
+        network = cast(Network, model)  # train() hands back the network evaluate() built
+        programs = backend.training_programs(network, generator)
         if not programs:
-            return model(x)
-        return forward_draws(model, programs, 1, x)[0]
+            return network(x)
+        return forward_draws(network, programs, 1, x)[0]
 
     return forward
 

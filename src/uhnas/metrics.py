@@ -57,7 +57,7 @@ def dominance_matrix(F: ArrayLike, V: ArrayLike | None = None) -> NDArray[np.boo
     F = _as_objectives(F)
     n = F.shape[0]
     v = _as_violation(V, n)
-    invalid = np.isnan(F).any(axis=1)
+    invalid: NDArray[np.bool_] = np.asarray(np.isnan(F).any(axis=1))
     G = np.where(np.isnan(F), np.inf, F)
     le = (G[:, None, :] <= G[None, :, :]).all(axis=2)
     lt = (G[:, None, :] < G[None, :, :]).any(axis=2)
@@ -66,12 +66,12 @@ def dominance_matrix(F: ArrayLike, V: ArrayLike | None = None) -> NDArray[np.boo
     by_validity = ~invalid[:, None] & invalid[None, :]
     by_violation = v[:, None] < v[None, :]
     same_violation = v[:, None] == v[None, :]
-    return by_validity | (same_validity & (by_violation | (same_violation & pareto)))
+    return np.asarray(by_validity | (same_validity & (by_violation | (same_violation & pareto))), dtype=np.bool_)
 
 
 def pareto_front_mask(F: ArrayLike, V: ArrayLike | None = None) -> NDArray[np.bool_]:
     """Return a boolean mask of the first front: the points no other point constrained-dominates."""
-    return ~dominance_matrix(F, V).any(axis=0)
+    return np.asarray(~dominance_matrix(F, V).any(axis=0), dtype=np.bool_)
 
 
 def normalise_points(error: ArrayLike, energy_nj: ArrayLike) -> NDArray[np.float64]:
@@ -110,7 +110,7 @@ def reference_point(
 
 def _inside_box(points: NDArray[np.float64], ref: NDArray[np.float64]) -> NDArray[np.bool_]:
     """Return the mask of finite points strictly better than ref in every objective."""
-    return np.isfinite(points).all(axis=1) & (points < ref).all(axis=1)
+    return np.asarray(np.isfinite(points).all(axis=1) & (points < ref).all(axis=1), dtype=np.bool_)
 
 
 def _as_ref(ref: ArrayLike, m: int) -> NDArray[np.float64]:

@@ -124,7 +124,7 @@ def front_hypervolume(records: Sequence[TrialRecord], reference: Sequence[float]
     feasible = [r for r in records if r.feasible and r.energy_nj is not None and r.energy_nj > 0]
     if not feasible:
         return 0.0
-    points = normalise_points([r.error for r in feasible], [r.energy_nj for r in feasible])
+    points = normalise_points([r.objectives[0] for r in feasible], [r.objectives[1] for r in feasible])
     return hypervolume(points, np.asarray(reference, dtype=np.float64))
 
 

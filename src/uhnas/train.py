@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -108,11 +108,11 @@ def _fast_memory_format(model: nn.Module, device: torch.device) -> Iterator[None
     if not convolutional:
         yield
         return
-    model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; stubs lack it
     try:
         yield
     finally:
-        model.to(memory_format=torch.contiguous_format)
+        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
 
 def _rng_devices(device: torch.device) -> list[int]:
@@ -147,7 +147,7 @@ class _Adam:
     the 1.3x that would justify depending on torch's private kernel signature, so the public optimizer is used.
     """
 
-    def __init__(self, params: list[Tensor], lr: float, weight_decay: float, *, fused: bool) -> None:
+    def __init__(self, params: Sequence[Tensor], lr: float, weight_decay: float, *, fused: bool) -> None:
         """Adam with torch's defaults for betas and eps."""
         self.fused = fused
         self.optimizer = torch.optim.Adam(

@@ -61,7 +61,7 @@ class FastMaxPool2d(nn.MaxPool2d):
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return super().forward(x)
-        k, s = int(self.kernel_size), int(self.stride)  # type: ignore[call-overload]
+        k, s = int(self.kernel_size), int(self.stride)  # type: ignore[call-overload,arg-type]
         rows, cols = (x.shape[-2] - k) // s + 1, (x.shape[-1] - k) // s + 1
         across = _max_of([x[..., j : j + s * (cols - 1) + 1 : s] for j in range(k)])  # k - 1 maxima, not k^2 - 1
         return _max_of([across[..., i : i + s * (rows - 1) + 1 : s, :] for i in range(k)])
@@ -133,7 +133,7 @@ class MatMul(nn.Module):
             return self.program(rows).reshape(x.shape[0], -1)
         conv = self.op
         batch, channels, height, width = x.shape
-        kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        kernel, stride, padding = int(conv.kernel_size[0]), int(conv.stride[0]), int(conv.padding[0])  # type: ignore[arg-type]
         h_out = (height + 2 * padding - kernel) // stride + 1
         w_out = (width + 2 * padding - kernel) // stride + 1
         x_draws = 1 if shared_input else self.draws

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,7 +31,8 @@ MAX_MACS = 200_000_000  # multiply-accumulates per inference, checked by shape i
 MAX_TEXT = 2000  # rationale length in characters
 MAX_NAME = 80
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "square", "saturating")
+ActivationName = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "square", "saturating"]
+ACTIVATIONS: tuple[ActivationName, ...] = get_args(ActivationName)
 """Activation vocabulary. `square` is |x|^2, what a photodetector measures of an optical field;
 `saturating` is x / (1 + |x|), a smooth gain saturation (saturable absorber / amplifier)."""
 
@@ -85,7 +86,7 @@ class Activation(_Layer):
     """Elementwise nonlinearity from the fixed vocabulary `ACTIVATIONS`."""
 
     type: Literal["activation"]
-    function: Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "square", "saturating"]
+    function: ActivationName
 
 
 class BatchNorm(_Layer):

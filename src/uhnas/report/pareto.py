@@ -33,11 +33,11 @@ def plot_pareto(
         ("infeasible", [not f for f in feasible], dict(color="tab:red", alpha=0.6, s=26, marker="x")),
         ("Pareto front", list(on_front), dict(color="tab:green", s=42, marker="D", edgecolors="black", linewidths=0.5)),
     ]
-    for label, mask, style in groups:
+    for label, mask, style in groups:  # style: matplotlib scatter keywords
         xs = [e for e, m in zip(energies_nj, mask) if m]
         ys = [r for r, m in zip(errors, mask) if m]
         if xs:
-            ax.scatter(xs, ys, label=f"{label} ({len(xs)})", **style)
+            ax.scatter(xs, ys, label=f"{label} ({len(xs)})", **style)  # type: ignore[arg-type]
     front = sorted((e, r) for e, r, m in zip(energies_nj, errors, on_front) if m)
     if len(front) > 1:
         ax.step([e for e, _ in front], [r for _, r in front], where="post", color="tab:green", linewidth=1)

@@ -392,6 +392,8 @@ class _Search:
 
     def generation(self, g: int) -> None:
         c = self.config
+        method = self.method
+        assert method is not None, "setup() makes the method"
         slots = c.population if g == 0 else c.offspring
         base = self.context(g)
         records: dict[int, TrialRecord] = {}
@@ -399,7 +401,7 @@ class _Search:
         jobs: list[Job] = []
         costs: dict[int, int] = {}
         for slot in range(slots):
-            choice = propose_slot(self.method, base, slot, self.known, c.evolution.max_attempts)
+            choice = propose_slot(method, base, slot, self.known, c.evolution.max_attempts)
             existing = self.stored.get((g, slot))
             if existing is not None:
                 records[slot] = existing
@@ -443,11 +445,11 @@ class _Search:
         if jobs:
             self.evaluate(jobs, templates, records)
         ordered = [records[s] for s in range(slots)]
-        self.method.observe(ordered)
+        method.observe(ordered)
         self.history.extend(ordered)
         candidates = self.population + [r for r in ordered if r.arch is not None]
-        self.population = self.method.survive(candidates, c.population)
-        note = self.method.reflect(self.context(g))
+        self.population = method.survive(candidates, c.population)
+        note = method.reflect(self.context(g))
         if note is not None:
             self.notes.append({"generation": g, **note})
         if not finished:

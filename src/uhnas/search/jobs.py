@@ -130,7 +130,7 @@ def run_job(job: Job) -> JobResult:
     except ArchitectureError as error:  # the candidate itself is impossible: a failed trial
         return JobResult(job.job_id, None, True, f"invalid architecture: {error}", time.perf_counter() - start)
     except UhnasError as error:  # the run's setup (dataset, backend, device) is wrong: no candidate can succeed
-        details = {"kind": USER_ERROR, "error_type": type(error).__name__}
+        details: dict[str, Any] = {"kind": USER_ERROR, "error_type": type(error).__name__}
         return JobResult(job.job_id, None, True, _one_line(error), time.perf_counter() - start, details)
     except Exception as error:
         reason = f"{type(error).__name__}: {_one_line(error)}"

@@ -9,12 +9,12 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
 from uhnas.arch import Architecture
-from uhnas.arch.model import Activation, AvgPool, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool
+from uhnas.arch.model import Activation, ActivationName, AvgPool, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool
 from uhnas.errors import ProposalError
 from uhnas.records import TrialRecord
 from uhnas.search.conventional import nsga2_survival
@@ -49,7 +49,7 @@ def suggest_architecture(trial: optuna.trial.BaseTrial, input_shape: tuple[int, 
     image = len(input_shape) == 3
     n_conv = trial.suggest_int("n_conv", 0, MAX_CONV) if image else 0
     n_dense = trial.suggest_int("n_dense", 0, MAX_DENSE)
-    function = trial.suggest_categorical("activation", list(ACTIVATIONS))
+    function = cast(ActivationName, trial.suggest_categorical("activation", list(ACTIVATIONS)))
     batchnorm = trial.suggest_categorical("batchnorm", [False, True])
     dropout = trial.suggest_categorical("dropout", [OPTUNA_NO_DROPOUT, *DROPOUT_P])
     layers: list[Any] = []

@@ -20,7 +20,7 @@ from typing import Final
 
 from uhnas.arch import ACTIVATIONS as IR_ACTIVATIONS
 from uhnas.arch import Architecture
-from uhnas.arch.model import AvgPool, Conv2d, Dropout, Flatten, Linear, MaxPool
+from uhnas.arch.model import ActivationName, AvgPool, Conv2d, Dropout, Flatten, Linear, MaxPool
 
 WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)  # hidden linear widths, ascending
 CHANNELS: tuple[int, ...] = (4, 8, 16, 32, 64)  # conv output channels, ascending
@@ -37,7 +37,7 @@ INIT_KERNELS: tuple[int, ...] = (3, 5)  # initial conv kernels (1x1 is reached b
 CONV_LAYERS = ("activation", "avgpool", "batchnorm", "conv2d", "dropout", "maxpool")  # sorted: sampling order
 FLAT_LAYERS = ("activation", "batchnorm", "dropout", "linear")  # sorted: sampling order
 
-ACTIVATIONS: tuple[str, ...] = tuple(IR_ACTIVATIONS)  # every activation the IR knows, in the IR's order
+ACTIVATIONS: tuple[ActivationName, ...] = tuple(IR_ACTIVATIONS)  # every activation the IR knows, in the IR's order
 ACTIVATION_WEIGHTS = MappingProxyType(
     {
         "relu": 0.4,

@@ -16,8 +16,8 @@ def run_summary(
     """Final metrics: counts, hypervolume, diversity of population and front, robustness of the front."""
     front = feasible_front(history)
     evaluated = [r for r in history if not r.failed]
-    front_archs = [r.architecture for r in front]
-    population_archs = [r.architecture for r in population if r.arch is not None]
+    front_archs = [a for a in (r.architecture for r in front) if a is not None]
+    population_archs = [a for a in (r.architecture for r in population) if a is not None]
     robustness = None
     if front:
         clean = [r.accuracy("clean") or 0.0 for r in front]
@@ -32,14 +32,14 @@ def run_summary(
         "hypervolume": front_hypervolume(history, reference),
         "front_size": len(front),
         "front": [r.number for r in front],
-        "best_error": min((r.error for r in front), default=None),
-        "min_energy_nj": min((r.energy_nj for r in front), default=None),
+        "best_error": min((r.objectives[0] for r in front), default=None),
+        "min_energy_nj": min((r.objectives[1] for r in front), default=None),
         "diversity": {
             "distinct_architectures": len({r.hash for r in history if r.hash}),
             "front_distinct_architectures": len({r.hash for r in front}),
             "population_mean_distance": mean_pairwise_distance(population_archs, structural_distance),
             "front_mean_distance": mean_pairwise_distance(front_archs, structural_distance),
-            "front_energy_range_decades": energy_range_decades([r.energy_nj for r in front]),
+            "front_energy_range_decades": energy_range_decades([r.objectives[1] for r in front]),
         },
         "robustness": robustness,
     }
