@@ -604,3 +604,8 @@ def prompts_render(
 def main() -> None:
     """Entry point for `python -m uhnas`."""
     app()
+
+
+from uhnas.cli_study import study_app  # noqa: E402  (at the end: cli_study imports this module's helpers)
+
+app.add_typer(study_app, name="study")
