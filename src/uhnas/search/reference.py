@@ -9,6 +9,8 @@ generations, methods and seeds.
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import TYPE_CHECKING, Any
 
 from uhnas.arch import Architecture, ArchitectureError, analyze
@@ -80,12 +82,25 @@ def reference_architectures(input_shape: tuple[int, ...], num_classes: int, card
     return corner_architectures(input_shape, num_classes) + draws
 
 
+_COMPUTED: dict[str, dict[str, Any]] = {}  # (backend card, shapes) -> reference: every seed and method shares one
+
+
 def hv_reference(backend: Backend, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """The frozen hypervolume reference: error 1, log10 of the costliest reference network's energy + margin.
 
     Returns the point, its space, the reference energy and network, the margin and the rule in words (stored
-    with the run's metadata).
+    with the run's metadata). Computed once per process for a backend card (name and every constant) and dataset
+    shape: the cells of a study on one backend reuse it instead of scoring the reference networks again.
     """
+    card = backend.describe().to_dict()
+    key = json.dumps([card["name"], card["constants"], list(input_shape), num_classes], sort_keys=True, default=str)
+    if key not in _COMPUTED:
+        _COMPUTED[key] = _compute_reference(backend, input_shape, num_classes)
+    return copy.deepcopy(_COMPUTED[key])
+
+
+def _compute_reference(backend: Backend, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """hv_reference without the cache."""
     best: tuple[float, Architecture] | None = None
     for arch in reference_architectures(input_shape, num_classes, backend.describe()):
         energy = backend.energy(analyze(arch, input_shape, num_classes)).total_nj
