@@ -1,7 +1,7 @@
 """Benchmark: noisy Clements mesh matrices, batched over Monte-Carlo draws, on one CPU thread.
 
-Prints ms per noisy n x n matrix (64 draws, every non-ideality on at "typical" magnitudes from
-/work/shared/reference/hardware.md) for uhnas's mesh_matrix against, measured in the same run:
+Prints ms per noisy n x n matrix (64 draws, every non-ideality on at "typical" magnitudes from the project's
+hardware reference, hardware.md, "Non-idealities") for uhnas's mesh_matrix against, measured in the same run:
   (a) a plain reference written here: one MZI at a time, a 2x2 update per MZI batched over draws;
   (b) the practical floor: one batched complex matmul of the same shape (draws x n x n @ n x n).
 Also the time of clements_decompose for n = 64.  Then many meshes of one size at once, as the MZI backend maps a
@@ -10,7 +10,10 @@ and a loop of clements_decompose against one clements_decompose_many.  Medians o
 time on a CPU (robust to other processes on a shared machine; wall time on CUDA).  The process keeps freed memory
 in its heap, as the uhnas command does (uhnas.allocator); `faults/call` counts the page faults that remain.
 
-    python bench/mesh.py [--device cuda] [--draws 64] [--sizes 8 16 32 64 128]
+uhnas's builder is the compiled CPU accelerator on a CPU and the torch reference builder elsewhere (``--builder``
+picks one explicitly, e.g. ``--builder reference`` to time the reference model on a CPU).
+
+    python bench/mesh.py [--device cuda] [--builder auto|compiled|reference] [--draws 64] [--sizes 8 16 32 64 128]
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from uhnas.hardware.mzi.mesh import (
 
 # hardware.md "Non-idealities", typical column: sigma_phi 0.02 rad (ADEPT), 8-bit phases (L2ight), crosstalk 0.005
 # (L2ight), 0.2 dB/MZI (0.1-0.3 dB range) with 0.05 dB spread, coupler ratio sigma 0.01 (ADEPT / Fang et al.)
+BUILDER = "auto"  # uhnas's mesh builder (--builder)
+
 TYPICAL = MeshNoise(
     phase_std=0.02, phase_bits=8, crosstalk=0.005, loss_db_per_mzi=0.2, loss_db_std=0.05, coupler_error_std=0.01
 )
@@ -160,16 +165,26 @@ def many_meshes(device: torch.device, sync: Callable[[], None], repeats: int) ->
         stack = MeshStack.of(phases)
         gen = torch.Generator().manual_seed(0)
         loop = median_ms(
-            lambda: [mesh_matrix(p, draws=draws, noise=TYPICAL, generator=gen, device=device) for p in phases],
+            lambda: [
+                mesh_matrix(p, draws=draws, noise=TYPICAL, generator=gen, device=device, builder=BUILDER)
+                for p in phases
+            ],
             max(1, repeats // 3),
             sync,
         )
         batched = median_ms(
-            lambda: mesh_matrices(stack, draws=draws, noise=TYPICAL, generator=gen, device=device), repeats, sync
+            lambda: mesh_matrices(stack, draws=draws, noise=TYPICAL, generator=gen, device=device, builder=BUILDER),
+            repeats,
+            sync,
         )
         # the same stream (mesh_matrices: all chips first, then each mesh's phase errors as mesh_matrix draws them)
         ours = mesh_matrices(
-            stack, draws=draws, noise=TYPICAL, generator=torch.Generator().manual_seed(5), device=device
+            stack,
+            draws=draws,
+            noise=TYPICAL,
+            generator=torch.Generator().manual_seed(5),
+            device=device,
+            builder=BUILDER,
         )
         g = torch.Generator().manual_seed(5)
         chips = sample_chip(n, TYPICAL, g, draws=meshes * draws)
@@ -177,7 +192,7 @@ def many_meshes(device: torch.device, sync: Callable[[], None], repeats: int) ->
         for m, p in enumerate(phases):
             own = slice(m * draws, (m + 1) * draws)
             chip = ChipErrors(n, chips.coupler_ratio[own], chips.mzi_loss_db[own], chips.dummy_loss_db[own])
-            one = mesh_matrix(p, draws=draws, noise=TYPICAL, chip=chip, generator=g, device=device)
+            one = mesh_matrix(p, draws=draws, noise=TYPICAL, chip=chip, generator=g, device=device, builder=BUILDER)
             err = max(err, float((ours[m] - one).abs().max()))
         dec_loop = median_ms(lambda: [clements_decompose(u) for u in us], max(1, repeats // 3), lambda: None)
         dec_many = median_ms(lambda: clements_decompose_many(us), repeats, lambda: None)
@@ -191,10 +206,13 @@ def main() -> None:
     """Run the benchmark and print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--builder", default="auto", help="auto (default), compiled (CPU) or reference")
     ap.add_argument("--draws", type=int, default=64)
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
+    global BUILDER
+    BUILDER = args.builder
     torch.set_num_threads(1)
     device = torch.device(args.device)
     tuned = keep_freed_memory()  # as the uhnas command and its workers do (uhnas.allocator)
@@ -225,7 +243,9 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         faults = page_faults()
         ours = median_ms(
-            lambda: mesh_matrix(phases, draws=draws, noise=TYPICAL, generator=gen, device=device), args.repeats, sync
+            lambda: mesh_matrix(phases, draws=draws, noise=TYPICAL, generator=gen, device=device, builder=BUILDER),
+            args.repeats,
+            sync,
         )
         faults = (page_faults() - faults) / (args.repeats + 1)
         k_total = phases.n_mzi
@@ -244,7 +264,7 @@ def main() -> None:
         det = MeshNoise(**{**TYPICAL.__dict__, "phase_std": 0.0})
         err = float(
             (
-                mesh_matrix(phases, draws=4, noise=det, chip=chip, device=device)
+                mesh_matrix(phases, draws=4, noise=det, chip=chip, device=device, builder=BUILDER)
                 - reference_mesh(phases, det, chip, None, device)
             )
             .abs()

@@ -1,4 +1,6 @@
-"""MZI energy model: every component against hand arithmetic on the preset constants, and monotone in work."""
+"""MZI energy model, weight-stationary with the previous model's switches (`LEGACY`): every component against hand
+arithmetic on the preset constants, and monotone in work. The time-multiplexed mapping and the energy terms of
+issue 12 are tested in test_mzi_mapping.py."""
 
 from __future__ import annotations
 
@@ -8,13 +10,23 @@ import pytest
 
 from uhnas.arch import analyze, parse_architecture
 from uhnas.hardware.mzi import energy
-from uhnas.hardware.mzi.backend import MZIParams
-from uhnas.hardware.registry import load_preset, validate_params
+from uhnas.hardware.mzi.params import MZIParams
+from uhnas.hardware.registry import apply_overrides, load_preset, validate_params
+
+LEGACY = {
+    "mapping": "weight_stationary",
+    "laser_gating": "per_layer",
+    "reference_light_ratio": 0.0,
+    "detector_power_rule": "sensitivity",
+    "digital_energy_scale": 1.0,
+}
+"""The switches that give the model before issue 12: every tile its own meshes, lasers gated per layer, no reference
+light, SimPhony's 2^bits laser rule, 45 nm digital figures."""
 
 
-def _params(name: str, **overrides: object) -> MZIParams:
-    params: MZIParams = validate_params(MZIParams, load_preset(name))
-    return params.model_copy(update=overrides)
+def _params(name: str, legacy: bool = True, **overrides: object) -> MZIParams:
+    preset = apply_overrides(load_preset(name), {**(LEGACY if legacy else {}), **overrides})
+    return validate_params(MZIParams, preset)
 
 
 def _mlp(*widths: int):
@@ -99,9 +111,10 @@ def test_conv_reuse_sets_throughput_and_latency() -> None:
     assert report.breakdown_nj["adc"] == pytest.approx((4 * 2 * 64 + 10 * 8) * 1.48 / 1e3, rel=1e-12)
 
 
+@pytest.mark.parametrize("legacy", [True, False])
 @pytest.mark.parametrize("preset", ["mzi-realistic", "mzi-worst"])
-def test_energy_grows_with_width(preset: str) -> None:
-    p = _params(preset)
+def test_energy_grows_with_width(preset: str, legacy: bool) -> None:
+    p = _params(preset, legacy)
     narrow, wide = energy.energy_report(_mlp(32), p), energy.energy_report(_mlp(128), p)
     assert wide.total_nj > narrow.total_nj
     for component in energy.COMPONENTS:

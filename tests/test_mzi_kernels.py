@@ -35,14 +35,13 @@ def random_stack(n: int, meshes: int, seed: int) -> MeshStack:
 
 
 def both_builders(monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """mesh_matrices from the compiled builder and from the torch builders (the non-CPU path), same arguments;
-    a ``seed`` argument becomes a fresh generator for each."""
+    """mesh_matrices from the compiled builder and from the torch reference builder, same arguments; a ``seed``
+    argument becomes a fresh generator for each."""
     seed = kwargs.pop("seed", None)
     results = []
-    for compiled in (True, False):
-        monkeypatch.setattr(mz, "_COMPILED_ON_CPU", compiled)
+    for builder in ("compiled", "reference"):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        results.append(mesh_matrices(generator=generator, **kwargs))
+        results.append(mesh_matrices(generator=generator, builder=builder, **kwargs))
     return results[0], results[1]
 
 
@@ -175,9 +174,8 @@ def kernel_arguments(monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple:
         seen.append(args)
         return real(*args)
 
-    monkeypatch.setattr(mz, "_COMPILED_ON_CPU", True)
     monkeypatch.setattr(mesh_kernel, "build_meshes", record)
-    mesh_matrices(**kwargs)
+    mesh_matrices(builder="compiled", **kwargs)
     return seen[0]
 
 

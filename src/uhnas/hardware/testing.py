@@ -4,6 +4,10 @@ It checks what the search relies on: protocol shapes and types, sourced constant
 energy that is finite, non-negative, sums to its total and grows with work, violations with units,
 realize() batched over draws and deterministic for a generator, and (given the backend with every
 non-ideality switched off) the ideal limit: the device reproduces the plain network.
+
+A family that ships an accelerated simulator beside its reference model checks one against the other with
+`check_accelerator`: without non-idealities the two agree exactly (to float rounding), with them statistically
+(the mean and spread of every output over Monte-Carlo draws, from independent random streams).
 """
 
 from __future__ import annotations
@@ -129,6 +133,47 @@ def check_training_programs(backend: Backend) -> None:
         assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all(), (
             f"no gradient reaches layer {layer.index}"
         )
+
+
+ACCELERATOR_DRAWS = 64  # Monte-Carlo draws per simulator in the statistical comparison
+MEAN_SIGMAS = 5.0  # per-output means may differ by this many standard errors of their difference
+STD_RATIO = (0.6, 1.6)  # per-output spreads agree within this ratio (sampling error of a std at 64 draws: ~9 %)
+
+
+def _draws_of(backend: Backend, spec: dict, x: torch.Tensor, draws: int, seed: int) -> torch.Tensor:
+    with torch.no_grad():
+        return backend.realize(_network(spec), draws, _generator(seed))(x).double()
+
+
+def check_accelerator(
+    accelerated: Backend,
+    reference: Backend,
+    ideal: tuple[Backend, Backend] | None = None,
+    draws: int = ACCELERATOR_DRAWS,
+) -> None:
+    """An accelerated simulator computes its reference model: `accelerated` and `reference` are the same preset
+    with the two simulators; `ideal` the same pair with every non-ideality off.
+
+    Ideal: every draw of both equals the same outputs to float rounding (IDEAL_ATOL). Noisy: from independent
+    generator seeds, each output's mean over `draws` agrees within MEAN_SIGMAS standard errors and its spread within
+    STD_RATIO (where the spread is above float rounding).
+    """
+    x = torch.randn(7, *INPUT_SHAPE, generator=_generator(4))
+    for spec in (_mlp(16), CNN):
+        if ideal is not None:
+            fast, slow = (_draws_of(b, spec, x, 2, 0) for b in ideal)
+            error = float((fast - slow).abs().max())
+            assert error <= IDEAL_ATOL, f"ideal accelerator off its reference by {error:.3g} (tolerance {IDEAL_ATOL})"
+        fast, slow = _draws_of(accelerated, spec, x, draws, 1), _draws_of(reference, spec, x, draws, 2)
+        mean_f, mean_s, std_f, std_s = fast.mean(0), slow.mean(0), fast.std(0), slow.std(0)
+        bound = MEAN_SIGMAS * ((std_f**2 + std_s**2) / draws).sqrt() + IDEAL_ATOL
+        worst = float(((mean_f - mean_s).abs() / bound).max())
+        assert worst <= 1.0, f"accelerator mean off its reference: {worst:.2f} x the {MEAN_SIGMAS}-sigma bound"
+        spread = (std_f > 10 * IDEAL_ATOL) & (std_s > 10 * IDEAL_ATOL)
+        if bool(spread.any()):
+            ratio = std_f[spread] / std_s[spread]
+            low, high = float(ratio.min()), float(ratio.max())
+            assert STD_RATIO[0] <= low and high <= STD_RATIO[1], f"accelerator spread off: ratios {low:.2f}..{high:.2f}"
 
 
 def assert_conforms(backend: Backend, ideal: Backend | None = None) -> None:

@@ -1,4 +1,4 @@
-"""MZI-mesh backend: constants (MZIParams), constraints, energy and the network as the chip computes it.
+"""MZI-mesh backend: constraints, energy and the network as the chip computes it (constants: `params.MZIParams`).
 
 Mapping: a weight matrix W (out x in; conv: its im2col matrix) is cut into K x K blocks (zero-padded edges);
 each block B = U diag(s) V^T (SVD, float64) is programmed as two Clements meshes (U and V^T, decomposed once
@@ -13,13 +13,18 @@ not); with every non-ideality off B_d = B exactly. Inputs go through per-vector 
 partial sums through detector noise and an ADC (see `noise`), then are rescaled and accumulated digitally with
 the bias. Energy, resources and constraints: `energy`.
 
-Simulation: a layer's 2T meshes are decomposed in one batched call (`clements_decompose_many`); the mapping is
-cached per weight tensor. realize() makes each layer's blocks for all draws at once: on a CPU in compiled code
-(`_compiled_inference`: `block_kernel` applies U's gates to diag(a) V in the lanes), elsewhere by `mesh_matrices`
-and a torch product (`_noisy_blocks`, the reference). Monte-Carlo scoring uses a fused forward (`_Inference`;
-`forward_kernel` on a CPU, `_inference_forward` elsewhere): DAC codes times blocks pre-divided by the ADC step,
-detector noise and ADC rounding in ADC steps, chunked so that every pass stays in cache; noise-aware training
-uses the differentiable `_tiled_forward` (the same model; the tests check that all of them agree).
+Simulation, two things chosen explicitly by the preset's `simulator` (`MZIBackend.uses_accelerator`):
+- the reference model (torch ops, any device; the specification): the realised blocks from `mesh_matrices`'s
+  reference builder and `noise.attenuator_field` (`_noisy_blocks`), and the differentiable `_tiled_forward`
+  (DAC, blocks, detector noise, ADC, digital accumulation; straight-through converters when training);
+- the compiled CPU accelerator (Numba): `_compiled_inference` builds the same blocks from the same random draws
+  (`block_kernel` applies U's gates to diag(a) V in the lanes) in the layout of `_Inference`, and
+  `_compiled_forward` (`forward_kernel`) runs DAC codes times blocks pre-divided by the ADC step, detector noise
+  from a counter-based stream and ADC rounding in ADC steps, in one cache-resident loop nest.
+The conformance kit (`uhnas.hardware.testing.check_accelerator`) checks the accelerator against the reference:
+exactly without noise, statistically with it. A layer's 2T meshes are decomposed in one batched call
+(`clements_decompose_many`); the mapping is cached per weight tensor. Noise-aware training always uses
+`_tiled_forward`, with hardware errors W_hw - W from a pool of blocks made by whichever simulator applies.
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from uhnas.arch import ArchSummary
 from uhnas.arch.build import MatMul, Network, Program
+from uhnas.errors import BackendError
 from uhnas.hardware.base import RealizedModel
 from uhnas.hardware.card import BackendCard, EnergyReport, Violation
 from uhnas.hardware.mzi import energy
@@ -51,62 +56,9 @@ from uhnas.hardware.mzi.noise import (
     sample_attenuators,
     sampled_attenuator_field,
 )
+from uhnas.hardware.mzi.params import MZIParams
 from uhnas.hardware.registry import BackendFamily, Preset, validate_params
 from uhnas.hardware.sampling import quantile_table
-
-
-class MZIParams(BaseModel):
-    """Constants of an MZI-mesh backend (units in the names or in the preset YAML)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    # Upper bounds on dB quantities keep 10^(dB/10) finite and reject values no device has: no working MZI loses
-    # 10 dB (90 % of its light; the reference's worst is 0.99 dB), no chip couples in with 30 dB of loss, and a
-    # detector's sensitivity lies far inside [-100, 20] dBm (hardware.md: -25 to -27 dBm).
-    # mapping and timing
-    mesh_size: int = Field(ge=3, le=64)
-    clock_ghz: float = Field(gt=0)
-    # mesh non-idealities (0 / null = off)
-    phase_noise_std: float = Field(ge=0)
-    phase_bits: int | None = Field(default=None, ge=1, le=24)
-    crosstalk: float = Field(ge=0, lt=0.5)
-    loss_db_per_mzi: float = Field(ge=0, le=10)
-    loss_db_std: float = Field(ge=0, le=10)
-    coupler_error_std: float = Field(ge=0, lt=0.5)
-    # converters (null bits = ideal converter, priced at the reference bits); signed quantisers need 2 bits at least:
-    # b bits give 2^(b-1) - 1 levels per sign, none at b = 1
-    dac_bits: int | None = Field(default=None, ge=2, le=24)
-    adc_bits: int | None = Field(default=None, ge=2, le=24)
-    dac_reference_bits: int = Field(ge=2, le=24)
-    adc_reference_bits: int = Field(ge=2, le=24)
-    dac_energy_pj: float = Field(ge=0)
-    adc_energy_pj: float = Field(ge=0)
-    modulator_energy_pj: float = Field(ge=0)
-    # detection
-    detector_noise: bool
-    pd_sensitivity_dbm: float = Field(ge=-100, le=20)
-    responsivity_a_per_w: float = Field(gt=0)
-    dark_current_a: float = Field(ge=0)
-    load_resistance_ohm: float = Field(gt=0)
-    temperature_k: float = Field(ge=0)
-    tia_power_mw: float = Field(ge=0)
-    # laser and optics
-    laser_wall_plug_efficiency: float = Field(gt=0, le=1)
-    coupling_loss_db: float = Field(ge=0, le=30)
-    # phase shifters
-    phase_shifter_p_pi_mw: float = Field(ge=0)
-    mean_phase_over_pi: float = Field(ge=0, le=2)
-    # digital periphery
-    digital_add_pj: float = Field(ge=0)
-    digital_mult_pj: float = Field(ge=0)
-    sram_pj_per_byte: float = Field(ge=0)
-    activation_bytes: float = Field(gt=0)
-    # chip limits (null = unlimited), checked by `MZIBackend.check`
-    max_mesh_size: int | None = Field(default=None, ge=3)
-    max_path_loss_db: float | None = Field(default=None, gt=0)
-    max_phase_bits: int | None = Field(default=None, ge=1)
-    max_mzis: int | None = Field(default=None, ge=1)
-    max_optical_power_mw: float | None = Field(default=None, gt=0)
-
 
 TRAINING_POOL_DRAWS = 64
 """Simulation choice (not hardware): noise-aware training draws up to this many chips at once and uses one per
@@ -118,13 +70,6 @@ TRAINING_POOL_VALUES = 1 << 24
 
 ROWS_PER_CHUNK_ELEMENTS = 1 << 23
 """Simulation choice (not hardware): partial-sum tensors are processed in row chunks of at most this many values."""
-
-CPU_CHUNK_ELEMENTS = 1 << 17
-"""Simulation choice (not hardware): on a CPU the Monte-Carlo forward works on (draws, outputs, vectors) partial-sum
-chunks of about this many values (512 KiB in float32), so that detector noise, ADC and accumulation stay in cache."""
-
-MIN_CHUNK_VECTORS = 128
-"""Simulation choice (not hardware): chunks hold at least this many input vectors (every pass's contiguous axis)."""
 
 
 @dataclass(frozen=True)
@@ -203,8 +148,13 @@ class MZIBackend:
             precision=f"analog optical, {bits_in} DAC inputs, {bits_out} ADC outputs, K={p.mesh_size} meshes",
             description=self.preset.description,
             models=(
-                f"SVD mapping on {p.mesh_size}x{p.mesh_size} Clements meshes (weight-stationary tiles, partial "
-                "sums detected per tile)",
+                f"SVD mapping on {p.mesh_size}x{p.mesh_size} Clements meshes, "
+                + (
+                    f"time-multiplexed over {p.cores} cores (tiles reprogrammed once per batch of {p.batch})"
+                    if p.mapping == "time_multiplexed"
+                    else "weight-stationary (every tile its own meshes)"
+                )
+                + "; partial sums detected per tile",
                 "phase noise per shifter (per draw)",
                 "phase quantisation",
                 "nearest-neighbour thermal crosstalk (uncalibrated)",
@@ -214,9 +164,11 @@ class MZIBackend:
                 "coherent detection: real field component",
                 "detector shot + thermal noise from the received laser power",
                 "DAC and ADC quantisation",
-                "energy: laser (SimPhony rule), DAC, modulators, ADC, TIAs, phase-shifter holding, digital "
-                "periphery, SRAM",
-                "constraints: mesh size, path loss budget, phase precision, MZI budget, optical power budget",
+                f"energy: laser ({p.detector_power_rule} rule, gating {p.laser_gating}), reference light for coherent "
+                f"detection, DAC, modulators, ADC, TIAs, {p.phase_shifter} phase-shifter holding and reprogramming, "
+                f"digital periphery and SRAM at {p.technology_node_nm:g} nm",
+                "constraints: mesh size, path loss budget, phase precision, MZIs and phase shifters on the chip, "
+                "optical power budget, chip power budget",
             ),
             constants=self.preset.card_constants(),
         )
@@ -227,8 +179,11 @@ class MZIBackend:
         max_mesh_size: mesh_size against the largest mesh the chip provides (modes); max_path_loss_db: insertion
         loss of one SVD block's light path, (2K+1) x IL_MZI + coupling, as the laser model prices it (dB);
         max_phase_bits: phase_bits asked of the phase drivers (bits; null phase_bits, the exact-phase simulation
-        switch, is not checked); max_mzis: MZIs holding every tile at once (weight-stationary); max_optical_power_mw:
-        optical laser power with every layer lit (mW). The first three depend on the preset, not the architecture.
+        switch, is not checked); max_mzis and max_phase_shifters: MZIs and phase shifters on the chip (counts);
+        max_optical_power_mw: optical laser power, signal and reference light, with the whole chip lit (mW);
+        max_chip_power_w: the photonic chip's electrical power at full rate: heaters, lasers, converters, TIAs (W).
+        Weight-stationary, the chip holds every tile of the network; time-multiplexed, it has `cores` blocks
+        whatever the network, so every limit is a property of the chip and the preset (`energy.chip_tiles`).
         """
         p = self.params
         measured = (
@@ -236,7 +191,9 @@ class MZIBackend:
             ("max_path_loss_db", p.max_path_loss_db, energy.path_loss_db(p), "dB"),
             ("max_phase_bits", p.max_phase_bits, p.phase_bits, "bits"),
             ("max_mzis", p.max_mzis, energy.total_mzis(summary, p), "MZIs"),
+            ("max_phase_shifters", p.max_phase_shifters, energy.total_shifters(summary, p), "phase shifters"),
             ("max_optical_power_mw", p.max_optical_power_mw, energy.total_optical_power_mw(summary, p), "mW"),
+            ("max_chip_power_w", p.max_chip_power_w, energy.chip_power_w(summary, p), "W"),
         )
         return [
             Violation(key, float(limit), float(actual), unit)
@@ -256,15 +213,27 @@ class MZIBackend:
         with torch.no_grad():
             for layer in model.matmuls():
                 mapped = self._mapped(layer)
-                if _COMPILED_ON_CPU:
+                if self.uses_accelerator(layer.weight.device):
                     fixed = self._compiled_inference(mapped, draws, generator)
+                    seed = int(torch.randint(0, 2**62, (1,), generator=generator))  # detector noise at forward time
+                    programs[layer.index] = self._program(layer, fixed, seed)
                 else:
-                    fixed = _Inference.build(
-                        self._noisy_blocks(mapped, draws, generator), mapped, self.params, self.detector_sigma
-                    )
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator))  # detector noise, drawn at forward time
-                programs[layer.index] = self._program(layer, fixed, seed)
+                    blocks = self._noisy_blocks(mapped, draws, generator, layer.weight.device)
+                    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                    programs[layer.index] = self._reference_program(layer, blocks, mapped, seed)
         return RealizedModel(model, programs, draws)
+
+    def uses_accelerator(self, device: torch.device) -> bool:
+        """Whether a model on `device` is simulated by the compiled CPU accelerator (else: the torch reference).
+
+        The preset's `simulator`: compiled (CPU only: a model elsewhere is an error), reference (any device), auto
+        (compiled on a CPU, reference elsewhere). Both compute the same model from the same random draws, except the
+        detector noise (counter-based stream / torch's generator): checked by `uhnas.hardware.testing`.
+        """
+        mode = self.params.simulator
+        if mode == "compiled" and device.type != "cpu":
+            raise BackendError(f"backend {self.name!r}: simulator=compiled runs on the CPU; the model is on {device}")
+        return mode == "compiled" or (mode == "auto" and device.type == "cpu")
 
     def training_programs(self, model: Network, generator: torch.Generator) -> dict[int, Program] | None:
         """One-draw differentiable programs: W + (W_hw - W).detach(), straight-through converters, detector noise.
@@ -290,11 +259,16 @@ class MZIBackend:
         self._cache[id(weight)] = (weakref.ref(weight), matrix.clone(), mapped)
         return mapped
 
-    def _noisy_blocks(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> Tensor:
-        """Normalised blocks as `draws` chips realise them, (D, R, C, K, K): Re(U_d diag(a_d) V_d) / tau."""
-        return _block_product(*self._realised(mapped, draws, generator), mapped)
+    def _noisy_blocks(
+        self, mapped: _Mapped, draws: int, generator: torch.Generator, device: torch.device | None = None
+    ) -> Tensor:
+        """The reference model's normalised blocks as `draws` chips realise them, (D, R, C, K, K):
+        Re(U_d diag(a_d) V_d) / tau, built by torch ops on `device` (default: the CPU)."""
+        return _block_product(*self._realised(mapped, draws, generator, device), mapped)
 
-    def _realised(self, mapped: _Mapped, draws: int, generator: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    def _realised(
+        self, mapped: _Mapped, draws: int, generator: torch.Generator, device: torch.device | None = None
+    ) -> tuple[Tensor, Tensor, float]:
         """What `draws` chips make of a layer's blocks: the 2T realised meshes (2T, D, K, K) (every U, then every V),
         the attenuator fields (D, T, K) and the nominal loss tau they carry, in ``self.dtype``.
 
@@ -302,10 +276,18 @@ class MZIBackend:
         (see `mesh_matrices`), then the attenuators' chips and phase errors.
         """
         k, noise, tiles = self.params.mesh_size, self.mesh_noise, mapped.tiles
-        mats = mesh_matrices(mapped.meshes, draws=draws, noise=noise, generator=generator, dtype=self.dtype)
+        mats = mesh_matrices(
+            mapped.meshes,
+            draws=draws,
+            noise=noise,
+            generator=generator,
+            dtype=self.dtype,
+            device=device,
+            builder="reference",
+        )
         errors = sample_attenuators((tiles, k), noise, generator, chips=draws)
         field = attenuator_field(mapped.transmission, noise, errors, generator, draws, dtype=self.real_dtype)
-        return mats, field, self._nominal_loss(mapped)
+        return mats, field.to(mats.device), self._nominal_loss(mapped)
 
     def _nominal_loss(self, mapped: _Mapped) -> float:
         """tau: the field transmission of a block's nominal path loss (calibrated out)."""
@@ -355,19 +337,40 @@ class MZIBackend:
         Takes conv windows too (``takes_windows``, see `uhnas.arch.build.Program`): (draws, B, h, w, C, k, k) views
         of the padded activations -> (draws, B, out, h, w).
         """
-        per_device: dict[torch.device, Callable[[Tensor], Tensor]] = {}
         bias = None if layer.bias is None else layer.bias.detach()
+        forward = _compiled_forward(fixed, seed, bias)
 
         def run(rows: Tensor) -> Tensor:
+            if rows.device.type != "cpu":
+                raise BackendError(f"the compiled MZI accelerator runs on the CPU; inputs are on {rows.device}")
+            with torch.no_grad():
+                out = forward(rows.detach())
+            return out.to(rows.dtype)
+
+        run.takes_windows = True  # type: ignore[attr-defined]
+        return run
+
+    def _reference_program(self, layer: MatMul, blocks: Tensor, mapped: _Mapped, seed: int) -> Program:
+        """rows (draws, n, in) -> (draws, n, out) through the reference model (`_tiled_forward`: DAC, the realised
+        blocks, detector noise from torch's generator of the rows' device seeded with `seed`, ADC, digital
+        accumulation) plus the bias; takes conv windows too (unfolded into rows)."""
+        weights = _layout(blocks.contiguous())  # (D, C, K, R*K)
+        bias = None if layer.bias is None else layer.bias.detach()
+        p, sigma = self.params, self.detector_sigma
+        per_device: dict[torch.device, tuple[Tensor, torch.Generator]] = {}  # blocks and noise source per device
+
+        def forward(rows: Tensor) -> Tensor:
             device = rows.device
             if device not in per_device:
-                per_device[device] = (
-                    _compiled_forward(fixed, seed, bias)
-                    if device.type == "cpu" and _COMPILED_ON_CPU
-                    else _taking_windows(_torch_forward(fixed.to(device), seed, device), bias)
-                )
+                per_device[device] = (weights.to(device), torch.Generator(device=device).manual_seed(seed))
+            w, generator = per_device[device]
+            return _tiled_forward(rows, w.expand(rows.shape[0], *w.shape[1:]), mapped, p, sigma, generator, train=False)
+
+        wrapped = _taking_windows(forward, bias)
+
+        def run(rows: Tensor) -> Tensor:
             with torch.no_grad():
-                out = per_device[device](rows.detach())
+                out = wrapped(rows.detach())
             return out.to(rows.dtype)
 
         run.takes_windows = True  # type: ignore[attr-defined]
@@ -383,24 +386,8 @@ def _block_product(mats: Tensor, field: Tensor, nominal: float, mapped: _Mapped)
     return block.view(mapped.row_tiles, mapped.col_tiles, draws, k, k).permute(2, 0, 1, 3, 4)
 
 
-_COMPILED_ON_CPU = True
-"""realize() multiplies the blocks out with the compiled product (`block_kernel`) and Monte-Carlo forwards on a CPU
-run the compiled kernel (`forward_kernel`); the tests switch it off to check the torch forms (the forward's is used
-on other devices) on a CPU."""
-
-NormalFill = Callable[[Tensor], Tensor]
-"""Overwrites a buffer with standard normal samples (the detector noise source of one realised layer)."""
-
-
 WINDOW_DIMS = 7
 """Rank of the conv windows a program takes: (draws, B, h, w, C, k, k) (see `uhnas.arch.build.Program`)."""
-
-
-def _torch_forward(layer: _Inference, seed: int, device: torch.device) -> Callable[[Tensor], Tensor]:
-    """The Monte-Carlo forward of a realised layer in torch ops (`_inference_forward`), detector noise from torch's
-    generator of ``device`` seeded with ``seed``."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return lambda rows: _inference_forward(rows, layer, lambda out: out.normal_(generator=generator))
 
 
 def _taking_windows(forward: Callable[[Tensor], Tensor], bias: Tensor | None) -> Callable[[Tensor], Tensor]:
@@ -563,85 +550,6 @@ class _Inference:
             noisy=sigma > 0,
         )
 
-    def to(self, device: torch.device) -> _Inference:
-        """The same constants on `device`."""
-        return _Inference(
-            self.weights.to(device),
-            self.noise_std.to(device),
-            self.out_scale.to(device),
-            self.dac_levels,
-            self.adc_levels,
-            self.noisy,
-        )
-
-
-def _inference_forward(rows: Tensor, layer: _Inference, fill_normal: NormalFill) -> Tensor:
-    """DAC -> optical blocks -> detector noise -> ADC -> digital rescale and accumulation (no bias), no autograd.
-
-    rows (D, n, in) -> (D, n, out) in the blocks' dtype: the model of `_tiled_forward` (see `_Inference`),
-    computed on chunks of m input vectors in a transposed layout, so that every pass runs along the contiguous
-    vector axis: the chunk is copied once into a zero-padded (C K, D, m) buffer; each tile's input scale is an
-    elementwise max over its K planes, the DAC codes are made in place; per column tile one batched matmul
-    gives the partial sums as (D, out, m), then one noise draw and in-place ADC and accumulation, on cache-sized
-    buffers. The result is returned as a transposed view (callers reshape it anyway). Rows shared by every
-    draw (a stride-0 draw axis: the network's first device layer) are scaled and converted once, and all
-    draws' blocks meet them in one product.
-    """
-    draws, n, cols = rows.shape
-    weights = layer.weights
-    c_tiles, _, width, k = weights.shape
-    dtype, device = weights.dtype, weights.device
-    result = torch.empty((draws, width, n), dtype=dtype, device=device)
-    if n == 0:
-        return result.transpose(1, 2)
-    shared = draws > 1 and rows.stride(0) == 0  # the same inputs for every draw: scale and DAC them once
-    x_draws = 1 if shared else draws
-    budget = CPU_CHUNK_ELEMENTS if device.type == "cpu" else max(1, ROWS_PER_CHUNK_ELEMENTS // c_tiles)
-    chunk = min(n, max(MIN_CHUNK_VECTORS, budget // (draws * max(width, c_tiles * k))))
-    xbuf = torch.empty((c_tiles * k, x_draws, chunk), dtype=dtype, device=device)
-    xbuf[cols:].zero_()  # padding rows stay 0
-    abuf = torch.empty_like(xbuf)
-    ybuf = torch.empty(draws * width * chunk, dtype=dtype, device=device)
-    zbuf = torch.empty_like(ybuf) if layer.noisy else None
-    ubuf = torch.empty(width * chunk, dtype=dtype, device=device) if shared else None
-    tiny = torch.finfo(dtype).tiny
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        x = xbuf[:, :, :m]
-        x[:cols].copy_(rows[:x_draws, start : start + m].permute(2, 0, 1))
-        mag = torch.abs(x, out=abuf[:, :, :m]).view(c_tiles, k, x_draws, m)
-        left = k
-        while left > 1:  # max over each tile's K planes, folded in halves
-            half = left // 2
-            torch.maximum(mag[:, :half], mag[:, left - half : left], out=mag[:, :half])
-            left -= half
-        scale = mag[:, 0].clamp_min_(tiny)  # (C, D or 1, m): per vector and column tile
-        codes = x.view(c_tiles, k, x_draws, m).div_(scale[:, None])  # |x / s| <= 1 exactly (IEEE division)
-        if layer.dac_levels is not None:  # so round(L x / s) needs no clamp to [-L, L]
-            codes.mul_(layer.dac_levels).round_()
-        acc = result[:, :, start : start + m]
-        for c in range(c_tiles):
-            y = ybuf[: draws * width * m].view(draws, width, m)
-            if shared:  # partial sums in ADC steps: every draw's blocks times the same codes, one product
-                torch.mm(weights[c].view(draws * width, k), codes[c, :, 0], out=y.view(draws * width, m))
-            else:
-                torch.bmm(weights[c], codes[c].transpose(0, 1), out=y)
-            if zbuf is not None:
-                z = fill_normal(zbuf[: draws * width * m].view(draws, width, m))
-                y.addcmul_(z, layer.noise_std[c])
-            if layer.adc_levels is not None:
-                y.round_().clamp_(-layer.adc_levels, layer.adc_levels)
-            if shared:  # ADC step times input scale per (output, vector): 1/draws of y's size, saves a pass
-                unit = torch.mul(layer.out_scale[c], scale[c], out=ubuf[: width * m].view(width, m))
-            else:
-                unit = scale[c][:, None]
-                y.mul_(layer.out_scale[c])
-            if c == 0:
-                torch.mul(y, unit, out=acc)
-            else:
-                acc.addcmul_(y, unit)
-    return result.transpose(1, 2)
-
 
 def _layout(blocks: Tensor) -> Tensor:
     """Blocks (D, R, C, K, K) laid out for one batched matmul over column tiles: (D, C, K_in, R*K_out)."""
@@ -704,7 +612,7 @@ class _TrainingPool:
             weight = layer.matrix().detach()
             draws = max(1, min(TRAINING_POOL_DRAWS, TRAINING_POOL_VALUES // weight.numel()))
             mapped = self.mapped = _map_matrix(weight, backend.params.mesh_size)
-            if _COMPILED_ON_CPU:  # (C, D, out, K) -> (D, out, C K)
+            if backend.uses_accelerator(weight.device):  # (C, D, out, K) -> (D, out, C K)
                 blocks = backend._compiled_blocks(
                     mapped, draws, generator, mapped.sigma_max.numpy() / backend._nominal_loss(mapped)
                 )

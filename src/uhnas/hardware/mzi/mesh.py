@@ -4,7 +4,7 @@ A unitary ``U`` (n x n) is realised by a rectangular mesh of n(n-1)/2 Mach-Zehnd
 ``n`` columns followed by one column of ``n`` output phase shifters (Clements et al., "Optimal design for universal
 multiport interferometers", Optica 3, 1460 (2016)).  :func:`clements_decompose` computes the phases exactly;
 :func:`mesh_matrix` rebuilds the matrix the mesh realises, optionally for a batch of Monte-Carlo draws of the
-non-idealities collected in /work/shared/reference/hardware.md ("Coherent MZI mesh photonics"):
+non-idealities collected in the project's hardware reference (hardware.md, "Coherent MZI mesh photonics"):
 
 * phase error per shifter (Gaussian, resampled per draw) - ADEPT (DAC 2022), SimPhony;
 * finite phase-control precision (b-bit quantisation of every programmed phase) - L2ight (NeurIPS 2021), ROQ;
@@ -33,25 +33,16 @@ an edge mode has no MZI that mode runs through a loss-matched dummy section with
 spread).  Every path then crosses ``depth`` loss elements, so uniform loss is the global factor
 ``10^(-depth * IL_dB / 20)``; ``depth = n`` for n >= 3 (a 2-mode mesh is a single MZI, depth 1; n = 1 has none).
 
-Speed
------
-On a CPU the matrices come from compiled loops (:mod:`uhnas.hardware.mzi.mesh_kernel`, Numba): each MZI's 2x2
+Two builders, chosen explicitly (``builder``)
+---------------------------------------------
+The **reference** (:func:`_build_reference`, torch ops on any device, differentiable) is the specification: the
+programmed phases and every error sample become one 2x2 transfer per MZI (:func:`_gate_table`), applied column by
+column to a batch of identity matrices, then the output phase screen.  The **compiled accelerator** (CPU only,
+:mod:`uhnas.hardware.mzi.mesh_kernel`, Numba) computes the same product from the same samples: each MZI's 2x2
 update applied only over the columns light has reached, its transfer made from cos/sin of the programmed phases
 times a table of e^{i sigma z} (no sine per draw); small meshes (the backend's 8 x 8) 16 realisations at a time,
-one per vector lane, large ones one realisation at a time in two cache-resident real planes.  Elsewhere (CUDA)
-the same model runs as torch ops: rebuilding a mesh column by column costs 2 n^3 complex multiply-adds per draw
-spread over ~n elementwise passes over the whole
-(draws, n, n) matrix, which is memory-bound.  The torch builder instead uses light-cone tiles
-(see the comments above :func:`_make_plan` and :func:`_build_tiles`): over s/2 consecutive columns the MZIs split
-into upward triangles on row blocks of width s and downward triangles centred on the block boundaries; a downward
-triangle followed by the next slab's upward one is a "diamond", and a width-2s diamond is a product of four width-s
-ones.  Width-4 and width-8 tiles are built elementwise with the draws as the innermost axis (the gate table is laid
-out so that no gather is needed), transposed once, and the width-8 layers are applied to the accumulated matrix
-as real-block batched matrix products (in all the same 2 n^3 complex multiply-adds per draw as column by column,
-but in BLAS, on cache-sized chunks of draws).  No Python loop over
-draws or MZIs.  The mesh is treated as a ring (mode n-1 next to mode 0, joined only at always-diagonal idle
-positions), padded with virtual modes/columns carrying identities where n does not fit; meshes with n < 12 use the
-column-by-column product, laid out with the batch innermost (:func:`_build_columns`).
+one per vector lane, large ones one realisation at a time in two cache-resident real planes.  ``auto`` picks the
+accelerator on a CPU and the reference elsewhere; the tests check that the two agree to the dtype's rounding.
 
 Many meshes of one size (the 2 meshes of every K x K block of a layer) are built by :func:`mesh_matrices` in one
 batch of meshes x draws: one gate table, one builder pass, a fixed per-call overhead paid once instead of per mesh;
@@ -93,11 +84,9 @@ __all__ = [
 TWO_PI = 2.0 * math.pi
 NOMINAL_SPLIT = 0.5  # power cross-coupling ratio of an ideal 50:50 directional coupler
 _DB_TO_AMP = -math.log(10.0) / 20.0  # field amplitude = 10^(-dB/20) = exp(-dB ln10 / 20)
-CPU_DRAW_CHUNK = 16  # least draws per batched product chunk on a CPU (measured best at n = 64 and 128)
-_COMPILED_ON_CPU = True  # CPU meshes from the compiled builder (`mesh_kernel`); the tests switch it off to check
-#                          the torch builders (used on other devices) on a CPU
-CPU_CHUNK_BYTES = 1 << 19  # ... and about this many bytes of accumulated matrices per chunk (more draws for small n:
-#                            measured 1.3x faster for 40 meshes x 64 draws at n = 16 and 10 x 64 at n = 32)
+BUILDERS = ("auto", "compiled", "reference")
+"""Mesh builders: ``compiled`` (Numba, CPU only: `mesh_kernel`), ``reference`` (torch ops, any device:
+`_build_reference`), ``auto`` (compiled on a CPU, reference elsewhere). Both take the same random samples."""
 
 
 # --------------------------------------------------------------------------------------------------- layout
@@ -520,24 +509,16 @@ def _with_crosstalk(theta: Tensor, phi: Tensor, out: Tensor, gamma: float, lay: 
 
 
 # --------------------------------------------------------------------------------------------------- plans
-# The mesh is simulated on a ring of ``ring`` modes (an odd mesh gets a virtual mode, the tiled builder pads to a
-# multiple of the tile width) over ``columns`` columns (padded with identities).  Ring slot j of column q joins
+# The mesh is simulated on a ring of ``ring`` modes (an odd mesh gets a virtual mode) over ``columns`` columns.
+# Ring slot j of column q joins
 # modes (2j + q%2, 2j + q%2 + 1 mod ring); a slot is an MZI or an idle position (diagonal: the two modes' dummy
 # loss, or 1 for virtual modes / padding columns).  Idle positions are the only ones across the ring seam, so the
 # ring never couples mode n-1 to mode 0.
 
 
-def _sizes(n: int, depth: int) -> tuple[int, int, int | None]:
-    """Ring size, padded column count and tile width for an n-mode mesh (tile None: column by column).
-
-    The tiled builder needs the ring and the column count to be multiples of the tile width (so that the last
-    slab of every width is odd).
-    """
-    ring0 = n + n % 2
-    if n < 12:  # small meshes: the plain column-by-column product is as fast and simpler
-        return ring0, depth, None
-    tile = 8  # measured fastest for n = 16 ... 128 (bench/mesh.py): wider tiles cost more elementwise work
-    return -(-ring0 // tile) * tile, -(-depth // tile) * tile, tile
+def _sizes(n: int, depth: int) -> tuple[int, int]:
+    """Ring size (an odd mesh gets a virtual mode) and column count of an n-mode mesh."""
+    return n + n % 2, depth
 
 
 @dataclass(frozen=True)
@@ -546,69 +527,23 @@ class _Plan:
 
     ring: int
     columns: int
-    tile: int | None
     row_mzi: Tensor  # (R,) MZI held by each gate-table row; K for rows that are not MZIs
     fixed_rows: Tensor  # (F,) rows that are not MZIs: idle positions and identities
     fixed_amp: Tensor  # (F, 2) their diagonal, as indices into [dummy amplitudes..., 1]
     slot_row: Tensor  # (columns, ring // 2) row holding the gate of each ring slot
 
 
-def _tile_children(tiles: list[tuple], s: int, ring: int, columns: int) -> list[tuple]:
-    """Width-s/2 tiles feeding width-s tiles: [bottoms | lefts | rights | tops], each in the order of ``tiles``.
-
-    Width-s storage holds the first slab's upward triangles ("A", j), diamond rows ("D", q, j), the last slab's
-    downward triangles ("B", j) and identities ("I",).  A width-2s diamond is E(top) . (left (+) right) . E(bottom)
-    of width-s diamonds from rows 2Q, 2Q+1, 2Q+2; A2s = E(D row 0) . (A (+) A); B2s = (B (+) B) . E(D last row).
-    """
-    h = s // 2
-    w, qd = ring // h, 2 * columns // h - 1
-    eye = ("I",)
-    roles: list[list[tuple]] = [[], [], [], []]
-    for t in tiles:
-        if t[0] == "A":
-            kids = (eye, ("A", 2 * t[1]), ("A", 2 * t[1] + 1), ("D", 0, 2 * t[1]))
-        elif t[0] == "B":
-            kids = (("D", qd - 1, 2 * t[1]), ("B", 2 * t[1]), ("B", 2 * t[1] + 1), eye)
-        elif t[0] == "D":
-            big_q, jb = t[1], 2 * t[2] + 1 - t[1] % 2
-            kids = (
-                ("D", 2 * big_q, jb),
-                ("D", 2 * big_q + 1, jb),
-                ("D", 2 * big_q + 1, (jb + 1) % w),
-                ("D", 2 * big_q + 2, jb),
-            )
-        else:
-            kids = (eye, eye, eye, eye)
-        for r, k in zip(roles, kids, strict=True):
-            r.append(k)
-    return roles[0] + roles[1] + roles[2] + roles[3]
-
-
 @lru_cache(maxsize=64)
 def _make_plan(n: int) -> _Plan:
-    """Gate-table layout for an n-mode mesh; for the tiled builder, rows are ordered so that no gather is needed.
-
-    Tiled: the top-width tile list is [A | diamond rows | B] (the layers, in order); the list at each narrower
-    width is [bottoms | lefts | rights | tops] of the list above, down to the gates themselves (width 2: the A
-    tiles are column 0, diamond row q is column q + 1, B tiles and identities are identities).
-    """
+    """Gate-table layout for an n-mode mesh: one row per ring slot, column by column (row q * ring/2 + j is slot j
+    of column q)."""
     lay = mesh_layout(n)
     k_total, n_dummy = len(lay.column), len(lay.dummy_column)
-    ring, columns, tile = _sizes(n, lay.depth)
+    ring, columns = _sizes(n, lay.depth)
     half = ring // 2
     mzi = {(int(c), int(m)): k for k, (c, m) in enumerate(zip(lay.column, lay.top, strict=True))}
     dummy = {(int(c), int(m)): d for d, (c, m) in enumerate(zip(lay.dummy_column, lay.dummy_mode, strict=True))}
-    if tile is None:
-        rows: list[tuple[int, int] | None] = [(q, j) for q in range(columns) for j in range(half)]
-    else:
-        w, qd = ring // tile, 2 * columns // tile - 1
-        tiles = [("A", j) for j in range(w)] + [("D", q, j) for q in range(qd) for j in range(w)]
-        tiles += [("B", j) for j in range(w)]
-        s = tile
-        while s > 2:
-            tiles = _tile_children(tiles, s, ring, columns)
-            s //= 2
-        rows = [(0, t[1]) if t[0] == "A" else (t[1] + 1, t[2]) if t[0] == "D" else None for t in tiles]
+    rows: list[tuple[int, int] | None] = [(q, j) for q in range(columns) for j in range(half)]
     row_mzi = np.full(len(rows), k_total, dtype=np.int64)
     slot_row = np.full((columns, half), -1, dtype=np.int64)
     fixed_rows: list[int] = []
@@ -628,11 +563,10 @@ def _make_plan(n: int) -> _Plan:
             fixed_rows.append(r)
             fixed_amp.append((dummy.get((q, t), n_dummy), dummy.get((q, b), n_dummy)))
     if (slot_row < 0).any() or sorted(row_mzi[row_mzi < k_total].tolist()) != list(range(k_total)):
-        raise RuntimeError(f"inconsistent mesh plan for n={n}")  # guards the tiling bookkeeping
+        raise RuntimeError(f"inconsistent mesh plan for n={n}")  # guards the layout bookkeeping
     return _Plan(
         ring=ring,
         columns=columns,
-        tile=tile,
         row_mzi=torch.from_numpy(row_mzi),
         fixed_rows=torch.tensor(fixed_rows, dtype=torch.int64),
         fixed_amp=torch.tensor(fixed_amp, dtype=torch.int64).view(-1, 2),
@@ -649,7 +583,6 @@ def _gate_table(
     fixed_rows: Tensor,
     fixed_diag: Tensor,
     cdtype: torch.dtype,
-    conj: bool = False,
 ) -> Tensor:
     """Every 2x2 transfer of the plan's gate table, as (2, 2, rows, *batch).
 
@@ -659,7 +592,6 @@ def _gate_table(
     theta, phi: (rows, *batch) in the real dtype of ``cdtype`` (any batch dims of size 1 broadcast); couplers:
     (c1 c2, r1 r2, r1 c2, c1 r2), each (rows, *batch), or None (ideal 50:50); amp: (rows, *batch) field amplitude
     or None (lossless).  Rows ``fixed_rows`` are diagonal with amplitudes ``fixed_diag`` (F, 2, *batch).
-    ``conj``: store complex conjugates.
     """
     rows = theta.shape[0]
     extra = [c.shape[1:] for c in couplers] if couplers is not None else []
@@ -676,22 +608,18 @@ def _gate_table(
     ct, st, cp, sp = torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi)
     cb, sb = torch.cos(both), torch.sin(both)  # (as cheap as two products each; contiguous temporaries, then
     re, im = theta.new_empty((rows, *batch)), theta.new_empty((rows, *batch))  # one interleave: measured fastest)
-    # imaginary parts negated in place when conjugates are asked for (cheaper than conjugating the table)
     torch.mul(cc, cb, out=re).addcmul_(rr, cp, value=-1.0)  # T00
-    if conj:
-        torch.mul(rr, sp, out=im).addcmul_(cc, sb, value=-1.0)
-    else:
-        torch.mul(cc, sb, out=im).addcmul_(rr, sp, value=-1.0)
+    torch.mul(cc, sb, out=im).addcmul_(rr, sp, value=-1.0)
     torch.complex(re, im, out=table[0, 0])
     torch.mul(rc, st, out=re).neg_()  # T01
     torch.mul(rc, ct, out=im).add_(cr)
-    torch.complex(re, im.neg_() if conj else im, out=table[0, 1])
+    torch.complex(re, im, out=table[0, 1])
     torch.mul(cr, sb, out=re).addcmul_(rc, sp).neg_()  # T10
     torch.mul(cr, cb, out=im).addcmul_(rc, cp)
-    torch.complex(re, im.neg_() if conj else im, out=table[1, 0])
+    torch.complex(re, im, out=table[1, 0])
     torch.mul(rr, ct, out=re).neg_().add_(cc)  # T11
     torch.mul(rr, st, out=im)
-    torch.complex(re, im if conj else im.neg_(), out=table[1, 1])
+    torch.complex(re, im.neg_(), out=table[1, 1])
     if fixed_rows.numel():
         fixed = table.new_zeros((2, 2, fixed_rows.shape[0], *batch))
         fixed[0, 0] = fixed_diag[:, 0]
@@ -701,11 +629,10 @@ def _gate_table(
 
 
 # --------------------------------------------------------------------------------------------------- builders
-def _build_reference(table: Tensor, plan: _Plan, screen: Tensor, conjugated: bool = False) -> Tensor:
-    """Accumulate the ring mesh column by column (one batched 2x2 update per column), then the output screen."""
+def _build_reference(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
+    """The reference mesh builder: accumulate the ring mesh column by column (one batched 2x2 update of every mode
+    pair per column), then the output screen; (batch, ring, ring). Plain torch ops, differentiable, any device."""
     gates = table.permute(3, 2, 0, 1)[:, plan.slot_row.to(table.device)]  # (batch, columns, ring/2, 2, 2)
-    if conjugated:
-        gates = gates.conj()
     ring = plan.ring
     batch = gates.shape[0]
     m = torch.eye(ring, dtype=table.dtype, device=table.device).expand(batch, ring, ring).clone()
@@ -717,168 +644,6 @@ def _build_reference(table: Tensor, plan: _Plan, screen: Tensor, conjugated: boo
         m[:, tops] = g[:, :, 0, 0, None] * mt + g[:, :, 0, 1, None] * mb
         m[:, bots] = g[:, :, 1, 0, None] * mt + g[:, :, 1, 1, None] * mb
     return m * screen[..., None]
-
-
-def _build_columns(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
-    """The ring mesh's matrix for a column plan, as (ring, ring, batch): the batch is the innermost axis.
-
-    Same product as :func:`_build_reference` (column by column, then the output screen), laid out for many small
-    meshes at once: column 0 is written as a block diagonal, every later column is a 2x2 update of row pairs
-    (even columns: rows (2j, 2j+1); odd columns: rows (2j+1, 2j+2), plus the idle seam pair (ring-1, 0), a
-    diagonal), elementwise over contiguous (ring, batch) planes, ping-ponging between two buffers.  The output
-    screen is folded into the last column's gates.  ``table``: (2, 2, rows, batch) in column-plan row order
-    (not modified); ``screen``: (batch, ring).
-    """
-    ring, half, columns = plan.ring, plan.ring // 2, plan.columns
-    batch = table.shape[-1]
-    scr = screen.t().expand(ring, batch)  # (ring, batch)
-    bufs = [table.new_zeros((ring, ring, batch)), table.new_empty((ring, ring, batch))]
-    if columns == 0:
-        torch.diagonal(bufs[0], dim1=0, dim2=1).copy_(scr.t())
-        return bufs[0]
-
-    def gates(q: int) -> Tensor:  # (2, 2, half, batch); the last column carries the output screen
-        g = table[:, :, q * half : (q + 1) * half]
-        if q == columns - 1:
-            tops = torch.arange(q % 2, ring, 2, device=table.device)
-            g = g * torch.stack([scr[tops], scr[(tops + 1) % ring]])[:, None]
-        return g
-
-    g0 = gates(0)
-    blocks = torch.diagonal(bufs[0].view(half, 2, half, 2, batch), dim1=0, dim2=2)  # (2, 2, batch, half)
-    blocks.copy_(g0.transpose(2, 3))
-    cur = 0
-    for q in range(1, columns):
-        src, dst = bufs[cur], bufs[1 - cur]
-        g = gates(q)[:, :, :, None]  # (2, 2, half, 1, batch)
-        if q % 2 == 0:
-            pairs_src, pairs_dst = src.view(half, 2, ring, batch), dst.view(half, 2, ring, batch)
-        else:  # seam pair (ring-1, 0) is idle: diagonal
-            torch.mul(src[ring - 1], g[0, 0, half - 1], out=dst[ring - 1])
-            torch.mul(src[0], g[1, 1, half - 1], out=dst[0])
-            pairs_src = src[1 : ring - 1].view(half - 1, 2, ring, batch)
-            pairs_dst = dst[1 : ring - 1].view(half - 1, 2, ring, batch)
-            g = g[:, :, : half - 1]
-        top, bot = pairs_src[:, 0], pairs_src[:, 1]
-        torch.mul(top, g[0, 0], out=pairs_dst[:, 0]).addcmul_(bot, g[0, 1])
-        torch.mul(bot, g[1, 1], out=pairs_dst[:, 1]).addcmul_(top, g[1, 0])
-        cur = 1 - cur
-    return bufs[cur]
-
-
-# Tiled builder.  On the ring, a slab of s/2 consecutive columns splits into upward triangles A (row windows
-# starting at a multiple of s, plus s/2 on odd slabs) and downward triangles B (the other residue).  The B part of
-# slab q followed by the A part of slab q+1 on the same window is a "diamond" of width s.  The mesh is
-#     M = B_last . D_{last} ... D_1 . D_0 . A_first   ("layers"; row q of diamonds has windows j s + (1 - q%2) s/2)
-# and a width-2s diamond is four width-s ones, D2s = E(top) . (left (+) right) . E(bottom) (see _tile_children).
-# Storage at width s is one tensor (s, s, T, batch), tiles in the plan's order, so every doubling is elementwise
-# work on contiguous (T, batch) planes of four contiguous chunks.  The top-width layers are then applied to the
-# accumulated matrix as real-block batched matrix products.
-
-
-def _outer_acc(dst: Tensor, a: Tensor, b: Tensor) -> None:
-    """dst = a @ b over the two leading (matrix) axes, elementwise over the trailing (tile, batch) axes."""
-    torch.mul(a[:, 0:1], b[0:1], out=dst)
-    for k in range(1, a.shape[1]):
-        dst.addcmul_(a[:, k : k + 1], b[k : k + 1])
-
-
-def _level_up(src: Tensor) -> Tensor:
-    """Width-2s storage from width-s storage: x = E(top) . (left (+) right) . E(bottom) for every output tile."""
-    s = src.shape[0]
-    h = s // 2
-    bot, left, right, top = src.chunk(4, dim=2)
-    x = src.new_empty((2 * s, 2 * s, *bot.shape[2:]))
-    x[:s, :h] = left[:, :h]  # (left (+) right) . E(bottom) ...
-    _outer_acc(x[:s, h : 3 * h], left[:, h:], bot[:h])
-    x[:s, 3 * h :] = 0
-    x[s:, :h] = 0
-    _outer_acc(x[s:, h : 3 * h], right[:, :h], bot[h:])
-    x[s:, 3 * h :] = right[:, h:]
-    mid = x[h : 3 * h].clone()  # ... then E(top) on the middle rows
-    _outer_acc(x[h : 3 * h], top, mid)
-    return x
-
-
-def _transpose_tiles(x: Tensor) -> Tensor:
-    """(r, c, T, batch) -> (T, batch, r, c) contiguous, via one 2D transpose (complex64 viewed as float64)."""
-    r, c, t, b = x.shape
-    if x.dtype == torch.complex64:
-        flat = x.reshape(r * c, t * b).view(torch.float64)
-        return flat.t().contiguous().view(torch.complex64).view(t, b, r, c)
-    return x.permute(2, 3, 0, 1).contiguous()
-
-
-def _build_tiles(table: Tensor, plan: _Plan, screen: Tensor) -> Tensor:
-    """The ring mesh's matrix (batch, ring, ring) from the plan's conjugated gate table (2, 2, rows, batch).
-
-    Tiles are built from conjugated gates, so they come out conjugated, as the real-block form needs.
-    ``screen``: (batch or 1, ring) output phase factors (1 on virtual modes), folded into the last layer.
-    """
-    ring = plan.ring
-    x = table
-    while x.shape[0] < (plan.tile or 0):
-        x = _level_up(x)
-    s, batch = x.shape[0], x.shape[3]
-    h, w = s // 2, ring // s
-    n_layers = x.shape[2] // w
-    # output phase screen on the last layer (windows at j s): rows i of window j are ring mode j s + i
-    x[:, :, (n_layers - 1) * w :] *= screen.conj().view(-1, w, s).permute(2, 1, 0)[:, None]
-    # Real-block form of layers 1..: rows (2i, 2i+1) = complex rows (conj F_i, i conj F_i) viewed as real, i.e.
-    # [[re, -im], [im, re]], acting on the accumulated matrix stored with (re, im) rows interleaved.  Factors are
-    # stored in (draw, window) order; layers at windows j s + s/2 (odd layers) are shifted by one block so that the
-    # block across the ring seam (block-diagonal: seam positions are idle) straddles two draws' rows.
-    xt = _transpose_tiles(x[:, :, w:]).view(n_layers - 1, w, batch, s, s)
-    fac = x.new_empty((n_layers - 1, batch * w + 1, s, 2, s))
-    if fac.dtype == torch.complex64:  # plain 8-byte copies
-        fac_v, xt_v = fac.view(torch.float64), xt.view(torch.float64)
-    else:
-        fac_v, xt_v = fac, xt
-    fac_v[1::2, : batch * w].view(-1, batch, w, s, 2, s)[:, :, :, :, 0].copy_(xt_v[1::2].transpose(1, 2))
-    fac_v[0::2, 1:].view(-1, batch, w, s, 2, s)[:, :, :, :, 0].copy_(xt_v[0::2].transpose(1, 2))
-    torch.mul(fac[:, :, :, 0], 1j, out=fac[:, :, :, 1])
-    rb = torch.view_as_real(fac).view(n_layers - 1, batch * w + 1, 2 * s, 2 * s)
-    odd = rb[0::2]
-    seams = odd[:, w::w]  # block k w (k >= 1) holds draw k-1's seam block; its lower-right belongs to draw k
-    odd[:, 0 : batch * w : w, s:, s:] = seams[:, :, s:, s:].clone()
-    odd[:, 0, :s] = 0
-    odd[:, 0, s:, :s] = 0
-    first = x[:, :, :w]  # (s, s, w, batch): block-diagonal first layer (conjugated)
-    rdtype = rb.dtype
-    out = x.new_empty((batch, ring, ring))
-    # on a CPU, apply the layers chunk of draws by chunk so that the accumulated matrices stay in cache; 16 draws
-    # per chunk measured fastest at n = 64 and n = 128 (vs 4, 8, 64), more for smaller n; elsewhere all at once
-    per_draw = (ring + s) * 2 * ring * rb.element_size()
-    chunk = max(CPU_DRAW_CHUNK, CPU_CHUNK_BYTES // per_draw) if x.device.type == "cpu" else batch
-    full = [x.new_empty((min(chunk, batch) * ring + s, 2, ring), dtype=rdtype) for _ in range(2)]
-    for c0 in range(0, batch, chunk):
-        d = min(chunk, batch - c0)
-        rows = d * ring
-        # buffer 0 must be zero off the first layer's blocks and on its pad rows (layers at j s never write the
-        # pads); layers at j s + s/2 write every row of buffer 1, layers at j s read it only between the pads
-        bufs = [full[0][: rows + s].zero_(), full[1][: rows + s]]
-        diag = torch.diagonal(bufs[0][h : h + rows].view(d, w, s, 2, w, s), dim1=1, dim2=4)  # (d, s, 2, s, w)
-        blk = first[:, :, :, c0 : c0 + d]
-        diag[:, :, 0] = blk.real.permute(3, 0, 1, 2)
-        torch.neg(blk.imag.permute(3, 0, 1, 2), out=diag[:, :, 1])
-        cur = 0
-        for layer in range(1, n_layers):
-            f = rb[layer - 1]
-            src, dst = bufs[cur], bufs[1 - cur]
-            if layer % 2 == 0:  # windows at j s
-                nb = d * w
-                torch.bmm(
-                    f[c0 * w : c0 * w + nb],
-                    src[h : h + rows].view(nb, 2 * s, ring),
-                    out=dst[h : h + rows].view(nb, 2 * s, ring),
-                )
-            else:  # windows at j s + s/2
-                nb = d * w + 1
-                torch.bmm(f[c0 * w : c0 * w + nb], src.view(nb, 2 * s, ring), out=dst.view(nb, 2 * s, ring))
-            cur = 1 - cur
-        v = bufs[cur][h : h + rows].view(d, ring, 2, ring)
-        torch.complex(v[:, :, 0], v[:, :, 1], out=out[c0 : c0 + d])
-    return out
 
 
 # --------------------------------------------------------------------------------------------------- public builder
@@ -1015,9 +780,9 @@ def _prepare_stack(
     fixed_diag = amp_vec[plan.fixed_amp.to(dev)]  # (F, 2, cm, cb)
     if theta.shape[1:] != (meshes, per_mesh):  # the table's batch axes must be (M, b) for the flat view below
         theta = theta.expand(rows, meshes, per_mesh)
-    table = _gate_table(
-        theta, phi, couplers, amp, plan.fixed_rows.to(dev), fixed_diag, dtype, conj=plan.tile is not None
-    ).view(2, 2, rows, meshes * per_mesh)
+    table = _gate_table(theta, phi, couplers, amp, plan.fixed_rows.to(dev), fixed_diag, dtype).view(
+        2, 2, rows, meshes * per_mesh
+    )
     screen = torch.ones((meshes, per_mesh, plan.ring), dtype=dtype, device=dev)
     screen[:, :, :n] = torch.polar(torch.ones_like(out_phase), out_phase).permute(1, 2, 0)
     return table, screen.view(meshes * per_mesh, plan.ring), plan, per_mesh
@@ -1201,6 +966,7 @@ def mesh_matrices(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.complex64,
     device: torch.device | str | None = None,
+    builder: str = "auto",
 ) -> Tensor:
     """The matrices ``M`` meshes of the same size realise, in one batched computation: (M, n, n) or (M, draws, n, n).
 
@@ -1215,7 +981,12 @@ def mesh_matrices(
     per-mesh call of :func:`mesh_matrix` draws it.  Hence ``mesh_matrices(meshes, generator=g)[m]`` equals
     ``mesh_matrix(meshes[m], chip=<chips of mesh m>, generator=g)`` called mesh after mesh on a generator that has
     drawn the chips first; for one mesh both functions consume the generator identically.
+
+    ``builder`` (`BUILDERS`): the compiled accelerator or the torch reference; they agree to the dtype's rounding
+    on the same samples (tests/test_mzi_kernels.py).
     """
+    if builder not in BUILDERS:
+        raise ValueError(f"builder must be one of {BUILDERS}, got {builder!r}")
     stack = phases if isinstance(phases, MeshStack) else MeshStack.of(phases)
     noise = noise or MeshNoise()
     n_draws = 1 if draws is None else int(draws)
@@ -1225,18 +996,16 @@ def mesh_matrices(
         raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
     dev = torch.device(device) if device is not None else stack.theta.device
     n, meshes = stack.n, len(stack)
-    if dev.type == "cpu" and _COMPILED_ON_CPU:
+    if builder == "compiled" and dev.type != "cpu":
+        raise ValueError(f"the compiled mesh builder runs on the CPU, not on {dev}")
+    if builder == "compiled" or (builder == "auto" and dev.type == "cpu"):
         m = _compiled_matrices(stack, n_draws, draws is not None, noise, chip, generator, dtype)
         per_mesh = m.shape[1]
     else:
         table, screen, plan, per_mesh = _prepare_stack(
             stack, n_draws, draws is not None, noise, chip, generator, dtype, dev
         )
-        if plan.tile is None:
-            m = _build_columns(table, plan, screen)[:n, :n].permute(2, 0, 1)
-        else:
-            m = _build_tiles(table, plan, screen)[:, :n, :n]
-        m = m.reshape(meshes, per_mesh, n, n)
+        m = _build_reference(table, plan, screen)[:, :n, :n].reshape(meshes, per_mesh, n, n)
     if draws is None:
         return m[:, 0].contiguous()
     if per_mesh == 1 and n_draws > 1:
@@ -1253,6 +1022,7 @@ def mesh_matrix(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.complex64,
     device: torch.device | str | None = None,
+    builder: str = "auto",
 ) -> Tensor:
     """The matrix the mesh realises: (n, n), or (draws, n, n) Monte-Carlo draws of the non-idealities.
 
@@ -1267,5 +1037,12 @@ def mesh_matrix(
     if chip is not None and chip.chips not in (1, n_draws):
         raise ValueError(f"chip has n={chip.n}, chips={chip.chips}; expected n={phases.n} and 1 or {n_draws} chips")
     return mesh_matrices(
-        MeshStack.of([phases]), draws=draws, noise=noise, chip=chip, generator=generator, dtype=dtype, device=device
+        MeshStack.of([phases]),
+        draws=draws,
+        noise=noise,
+        chip=chip,
+        generator=generator,
+        dtype=dtype,
+        device=device,
+        builder=builder,
     )[0]

@@ -15,8 +15,11 @@ DAC) and quantised to `dac_bits` over [-1, 1]: a = round(x/s * L)/L, L = 2^(b-1)
 on the field amplitudes, and s is multiplied back digitally after detection.
 
 Detection (balanced homodyne against a reference of the full-scale received power, so the detector measures
-the real field component and its shot noise does not depend on the signal):
-    I_fs = R_resp * P_rx,  P_rx = 10^(S_PD/10) mW * 2^b_adc      (the laser power the energy model buys)
+the real field component and its shot noise does not depend on the signal; the energy model prices that
+reference light):
+    I_fs = R_resp * P_rx,  P_rx = `energy.detector_power_mw`     (the laser power the energy model buys: either
+                                                                   the SimPhony 2^bits rule or, shot_noise rule,
+                                                                   the power at which sigma_rel meets its target)
     sigma_I^2 = 2 q (I_fs + I_dark) df + 4 k_B T df / R_load,   df = clock / 2
     sigma_rel = sigma_I / I_fs
 A full-amplitude input (a = 1) routed entirely to one detector gives I_fs; the noise is added to every detected
@@ -36,24 +39,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from uhnas.hardware.counter_rng import fill_indices, seed_of
-from uhnas.hardware.mzi.energy import HZ_PER_GHZ, detector_power_mw
+from uhnas.hardware.mzi.energy import (
+    ELEMENTARY_CHARGE_C,
+    W_PER_MW,
+    detection_bandwidth_hz,
+    detector_power_mw,
+    thermal_noise_a2,
+)
 from uhnas.hardware.mzi.mesh import NOMINAL_SPLIT, TWO_PI, MeshNoise, _normal, sampled_coupler_ratios, sampled_losses
+from uhnas.hardware.mzi.params import MZIParams
 from uhnas.hardware.precision import quantize_symmetric, straight_through
-
-if TYPE_CHECKING:
-    from uhnas.hardware.mzi.backend import MZIParams
-
-ELEMENTARY_CHARGE_C = 1.602176634e-19  # q, exact (SI 2019)
-BOLTZMANN_J_PER_K = 1.380649e-23  # k_B, exact (SI 2019)
-W_PER_MW = 1e-3
-NYQUIST = 0.5  # detection bandwidth as a fraction of the symbol rate
 
 
 def detector_relative_noise(p: MZIParams) -> float:
@@ -61,10 +62,8 @@ def detector_relative_noise(p: MZIParams) -> float:
     if not p.detector_noise:
         return 0.0
     current = p.responsivity_a_per_w * detector_power_mw(p) * W_PER_MW
-    bandwidth = p.clock_ghz * HZ_PER_GHZ * NYQUIST
-    shot = 2.0 * ELEMENTARY_CHARGE_C * (current + p.dark_current_a) * bandwidth
-    thermal = 4.0 * BOLTZMANN_J_PER_K * p.temperature_k * bandwidth / p.load_resistance_ohm
-    return math.sqrt(shot + thermal) / current
+    shot = 2.0 * ELEMENTARY_CHARGE_C * (current + p.dark_current_a) * detection_bandwidth_hz(p)
+    return math.sqrt(shot + thermal_noise_a2(p)) / current
 
 
 @dataclass(frozen=True)
