@@ -609,3 +609,7 @@ def main() -> None:
 from uhnas.cli_study import study_app  # noqa: E402  (at the end: cli_study imports this module's helpers)
 
 app.add_typer(study_app, name="study")
+
+from uhnas.cli_report import report  # noqa: E402  (at the end, like study_app)
+
+app.command("report")(report)
