@@ -157,6 +157,11 @@ def test_short_nsga2_run_with_real_evaluations(tmp_path: Path) -> None:
     kinds = [e.kind for e in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
     assert kinds.count("generation_done") == 3 and kinds.count("candidate_evaluated") == 8
+    # each generation announces its proposals before they are made, then its evaluations
+    proposing = [e.generation for e in events if e.kind == "generation_proposing"]
+    started = [e.generation for e in events if e.kind == "generation_started"]
+    assert proposing == started == [0, 1, 2]
+    assert kinds.index("generation_proposing") < kinds.index("generation_started")
     json.dumps([event_to_dict(e) for e in events])
 
 

@@ -47,6 +47,7 @@ from uhnas.search.events import (
     CandidateDone,
     Event,
     GenerationDone,
+    GenerationProposing,
     GenerationStarted,
     ProgressCallback,
     RunFinished,
@@ -395,6 +396,8 @@ class _Search:
         method = self.method
         assert method is not None, "setup() makes the method"
         slots = c.population if g == 0 else c.offspring
+        if g not in self.log:  # a generation finished before a resume is replayed silently
+            self.emit(GenerationProposing(g, c.generations, slots))
         base = self.context(g)
         records: dict[int, TrialRecord] = {}
         templates: dict[int, TrialRecord] = {}

@@ -32,6 +32,16 @@ class RunStarted:
 
 
 @dataclass(frozen=True)
+class GenerationProposing:
+    """A generation begins: its `slots` proposals are being made (an LLM method may take minutes here)."""
+
+    generation: int
+    generations: int
+    slots: int
+    kind: str = "generation_proposing"
+
+
+@dataclass(frozen=True)
 class GenerationStarted:
     """A generation's proposals are made; `to_evaluate` of its slots will be trained now."""
 
@@ -87,7 +97,7 @@ class RunFinished:
     kind: str = "run_finished"
 
 
-Event = RunStarted | GenerationStarted | CandidateDone | GenerationDone | RunFinished
+Event = RunStarted | GenerationProposing | GenerationStarted | CandidateDone | GenerationDone | RunFinished
 ProgressCallback = Callable[[Event], None]
 
 
@@ -105,6 +115,7 @@ __all__ = [
     "CandidateDone",
     "Event",
     "GenerationDone",
+    "GenerationProposing",
     "GenerationStarted",
     "ProgressCallback",
     "RunFinished",
