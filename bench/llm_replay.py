@@ -159,6 +159,7 @@ def main() -> None:
         verdicts = Counter(c["meta"].get("verdict", "?") for c in arch_calls)
         repaired = sum(1 for r in records if r.metadata.get("llm", {}).get("repairs", 0) > 0)
         failed_slots = sum(1 for r in records if r.arch is None)
+        fallback = sum(1 for r in records if (r.operator or "").endswith("(llm-fallback)"))
         refused = sum(len(r.rejected) for r in records)
         ftokens = sum(c["prompt_tokens"] + c["completion_tokens"] for c in flog)
         print(f"\nfault mix: every {args.fault_period}th architecture request faulty, cycling "
@@ -167,10 +168,11 @@ def main() -> None:
             f"  {fault_s:.2f} s wall, {len(flog)} LLM calls ({http} HTTP requests incl. retries), "
             f"{ftokens / budget:,.0f} tokens per candidate ({ftokens / (prompt + completion):.2f}x the clean run)"
         )
-        kinds = ("valid", "malformed", "schema", "shape", "constraint", "duplicate")
+        kinds = ("valid", "autofixed", "malformed", "truncated", "schema", "shape", "constraint", "duplicate")
         shown = [f"{k} {verdicts[k]}" for k in kinds if k in verdicts or k == "valid"]
         print("  architecture answers: " + ", ".join(shown))
         print(f"  proposals repaired: {repaired}; slot attempts refused: {refused}; failed slots: {failed_slots}; "
+              f"conventional fallback: {fallback}; "
               f"transport retries: {sum(max(0, c['attempts'] - 1) for c in flog)}")  # fmt: skip
 
 

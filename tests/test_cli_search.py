@@ -111,7 +111,7 @@ def test_prompts_render_shows_the_backend_only_when_hardware_aware(variant: str)
 
 def test_llm_search_through_the_cli_then_its_replay_with_the_server_gone(tmp_path: Path):
     """The issue's headline: `uhnas search --method uhnas --llm openai --model M --base-url URL`, then replay."""
-    from fake_llm_server import FakeLLMServer, closed_port_url, http_error
+    from fake_llm_server import FakeLLMServer, http_error
     from llm_responders import ArchResponder
     from uhnas.llm.cache import CallLog
     from uhnas.store import RunStore
@@ -131,26 +131,43 @@ def test_llm_search_through_the_cli_then_its_replay_with_the_server_gone(tmp_pat
             "fake-model",
             "--base-url",
             server.base_url,
+            "--llm-timeout",
+            "30",
+            "--llm-max-tokens",
+            "700",
             *tiny,
             "--json",
         )
         assert live.exit_code == 0, live.output
+    # the README's replay line: no --model, no --base-url: the LLM settings come from the recorded run
     replay = invoke(
-        "search",
-        "--out",
-        tmp_path / "replay",
-        "--method",
-        "uhnas",
-        "--llm",
-        f"replay:{tmp_path / 'live'}",
-        "--model",
-        "fake-model",
-        "--base-url",
-        closed_port_url(),
-        *tiny,
+        "search", "--out", tmp_path / "replay", "--method", "uhnas", "--llm", f"replay:{tmp_path / 'live'}", *tiny,
         "--json",
-    )
+    )  # fmt: skip
     assert replay.exit_code == 0, replay.output
+    stored = RunStore.open(tmp_path / "replay").metadata()["config"]["llm"]
+    assert (stored["model"], stored["timeout_s"], stored["max_tokens"]) == ("fake-model", 30.0, 700)
+    assert stored["provider"] == f"replay:{tmp_path / 'live'}"
+
+    # accounting: in the search --json summary and in status --json
+    summary = json.loads(live.stdout)["summary"]["llm"]
+    status = json.loads(invoke("status", tmp_path / "live", "--json").stdout)["llm"]
+    assert status == summary
+    assert (
+        status["proposals"]["slots"] == 6 and status["proposals"]["llm"] == 6 and status["proposals"]["llm_share"] == 1
+    )
+    assert status["answers"]["malformed"] == 1 and status["answers"]["valid"] == 6
+    assert status["live_calls"] == status["calls"] and status["prompt_tokens"] > 0 and status["completion_tokens"] > 0
+    assert status["front"]["llm"] == status["front"]["size"] > 0
+    replayed = json.loads(invoke("status", tmp_path / "replay", "--json").stdout)["llm"]
+    assert replayed["replayed_calls"] == replayed["calls"] == status["calls"] and replayed["live_calls"] == 0
+    table = invoke("status", tmp_path / "live")
+    assert table.exit_code == 0 and "LLM: " in table.stdout and "proposals by the LLM 6/6" in table.stdout
+    shown = invoke(
+        "search", "--out", tmp_path / "shown", "--method", "uhnas", "--llm", f"replay:{tmp_path / 'live'}", *tiny
+    )  # fmt: skip  (the live display, then the summary line)
+    assert shown.exit_code == 0, shown.output
+    assert "LLM calls" in shown.stdout and "LLM: " in shown.stdout and "proposals by the LLM 6/6" in shown.stdout
 
     def trials(out: Path) -> list[tuple]:
         return sorted(
@@ -161,3 +178,10 @@ def test_llm_search_through_the_cli_then_its_replay_with_the_server_gone(tmp_pat
     assert len(trials(tmp_path / "live")) == 6 and trials(tmp_path / "live") == trials(tmp_path / "replay")
     verdicts = [call.get("meta", {}).get("outcome") for call in CallLog(tmp_path / "live" / "llm.db").calls()]
     assert "invalid" in verdicts and "valid" in verdicts  # the malformed answer was recorded, then repaired
+
+
+def test_replay_of_a_directory_without_a_recorded_run_says_what_to_pass(tmp_path: Path):
+    (tmp_path / "nothing").mkdir()
+    result = invoke("search", "--out", tmp_path / "x", "--method", "uhnas", "--llm", f"replay:{tmp_path / 'nothing'}",
+                    *TINY)  # fmt: skip
+    assert result.exit_code == 2 and "no recorded run configuration" in result.stderr and "--model" in result.stderr

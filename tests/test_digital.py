@@ -133,7 +133,8 @@ def test_every_card_constant_is_typed_never_a_numeric_looking_string():
     # YAML 1.1 reads 1.47e12 (no exponent sign) as a string: presets write 1.47e+12
     for name in available_backends():
         for key, constant in load_backend(name).describe().constants.items():
-            values = constant["value"] if isinstance(constant["value"], list) else [constant["value"]]  # fit coefficients
+            value = constant["value"]
+            values = value if isinstance(value, list) else [value]  # lists: fit coefficients
             for value in values:
                 assert value is None or isinstance(value, (bool, int, float, str)), f"{name}.{key}: {value!r}"
                 assert not (isinstance(value, str) and _numeric_looking(value)), f"{name}.{key} is the string {value!r}"

@@ -125,7 +125,7 @@ def test_happy_path_sends_config_and_accounts_usage(server: FakeLLMServer, make_
     client.complete(msgs("init please"), purpose="init")
     body = server.chat_requests[0].body
     assert body is not None
-    assert (body["model"], body["seed"], body["max_tokens"], body["temperature"]) == ("fake-model", 7, 2048, 0.7)
+    assert (body["model"], body["seed"], body["max_tokens"], body["temperature"]) == ("fake-model", 7, 1024, 0.7)
     assert "response_format" not in body  # no schema: plain text
     assert "seed" not in server.chat_requests[1].body  # type: ignore[operator]  # a call without seed sends none
     assert server.chat_requests[0].headers["authorization"] == f"Bearer {SECRET}"
@@ -356,14 +356,24 @@ def test_replay_from_other_run_without_network(make_client: Any, tmp_path: Path)
             assert "context too long" in str(exc) and exc.status_code == 400
             replayed.append(None)
     assert replayed == answers
-    with pytest.raises(CacheMiss) as info:
+    with pytest.raises(CacheMiss) as info:  # every recorded answer was replayed: the original stopped here
         replayer.complete(msgs("something new"), purpose="mutate")
     assert str(info.value).startswith("no cached answer for mutate call #4 (key ")
-    assert str(info.value).endswith("the replayed run diverged from the original")
+    assert "the original run stopped here: all 5 of its recorded answers were replayed" in str(info.value)
+    assert "diverged" not in str(info.value)
     usage = replayer.usage
     assert usage.total.calls == 0 and usage.total.total_tokens == 0 and usage.total.replayed_calls == 6
     assert count_calls(original_db) == rows_before  # the source run's file is only read
     assert [c["source"] for c in replayer.log.calls()] == ["replay"] * 6
+
+    early, _ = make_client(closed_port_url(), cache=ResponseCache(tmp_path / "early" / "llm.db", mode="replay",
+                                                                  source=original_db))  # fmt: skip
+    early.complete(msgs("a"), purpose="init")
+    with pytest.raises(CacheMiss) as info:  # a request the original never made while answers remain: diverged
+        early.complete(msgs("something new"), purpose="mutate")
+    assert str(info.value).endswith(
+        "the replayed run diverged from the original (1 of its 5 recorded answers replayed)"
+    )
 
 
 def test_replay_of_own_file_and_missing_source(tmp_path: Path, make_client: Any) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import typer
 
-from fake_llm_server import FakeLLMServer, closed_port_url, http_error
+from fake_llm_server import FakeLLMServer, Step, closed_port_url, http_error
 from llm_responders import (
     FAULTS,
     HTML,
@@ -35,13 +36,15 @@ from uhnas.hardware.registry import load_backend
 from uhnas.llm import client as llm_client
 from uhnas.llm.cache import CallLog
 from uhnas.llm.errors import BudgetExceeded, CacheMiss, LLMError, LLMRetriesExhausted, LLMUnavailable
-from uhnas.llm.prompting import llmatic_instructions
+from uhnas.llm.prompting import answer_schema, llmatic_instructions
+from uhnas.llm.propose import TRUNCATED
 from uhnas.search import llm_methods
 from uhnas.search.engine import run_search
 from uhnas.search.llm_methods import LLMNotConfigured
 from uhnas.search.methods import MethodSetup
 from uhnas.search.operators.base import OperatorContext
 from uhnas.search.operators.llm import DUPLICATE, FALLBACK_OPERATOR, ArchValidator
+from uhnas.search.operators.llm_validate import DUPLICATE_HINT
 from uhnas.seeding import numpy_rng
 from uhnas.store import RunStore, TrialRecord, open_run
 
@@ -239,6 +242,7 @@ def test_unreachable_endpoint_or_unknown_model_fails_before_any_evaluation(
         run(llm_run_config(server.base_url, "llm.model=other"), tmp_path / "b")
     for name in ("a", "b"):
         assert not RunStore.exists(tmp_path / name)  # no run directory is left to resume or delete
+        assert not (tmp_path / name).exists()  # not even one holding only llm.db
     assert server.chat_requests == []
 
 
@@ -269,18 +273,46 @@ def test_system_prompt_variants_differ_and_seeds_are_per_call(tmp_path: Path) ->
 
 
 def test_init_fallback_to_the_conventional_initializer_is_recorded(tmp_path: Path) -> None:
+    """A model that never answers JSON: each slot costs at most max_calls_per_slot calls, after fallback_after
+    failed slots one probe call per generation; the conventional operator fills every slot and says why."""
     with FakeLLMServer(responder=lambda body: "I would rather not design networks today.") as srv:
-        config = llm_run_config(
-            srv.base_url, "generations=0", "llm.max_repairs=0", "llm.init_failures_before_fallback=2"
-        )
+        config = llm_run_config(srv.base_url, "generations=0", "llm.max_repairs=0", "llm.max_calls_per_slot=2",
+                                "llm.fallback_after=2")  # fmt: skip
         records = {r.slot: r for r in run(config, tmp_path / "run")}
-        assert len(srv.chat_requests) == 2
+        assert len(srv.chat_requests) == 2 + 2 + 1  # slots 0 and 1: their cap; slot 2: the probe; slot 3: none
     assert all(r.operator == FALLBACK_OPERATOR and not r.failed for r in records.values())
-    assert records[0].attempt == 2 and len(records[0].rejected) == 2
-    assert all("llm.init: init: no valid answer after 1 attempts" in reason for reason in records[0].rejected)
-    fallback = records[3].metadata["llm_fallback"]
-    assert "2 LLM init proposals failed" in fallback["reason"] and len(fallback["failures"]) == 2
-    assert [c["meta"]["verdict"] for c in calls(tmp_path / "run")] == ["malformed", "malformed"]
+    assert records[0].attempt == 1 and len(records[0].rejected) == 1  # filled in the attempt that spent the cap
+    assert "llm.init: init: no valid answer after 1 attempts" in records[0].rejected[0]
+    assert "no valid LLM answer in 2 calls (last: malformed)" in records[0].metadata["llm_fallback"]["reason"]
+    assert records[0].metadata["llm"]["verdicts"] == ["malformed"]
+    assert "probe call was spent" in records[3].metadata["llm_fallback"]["reason"]
+    assert [c["meta"]["verdict"] for c in calls(tmp_path / "run")] == ["malformed"] * 5
+
+
+def test_call_cap_and_fallback_bound_every_slot_and_the_run_finishes_its_budget(tmp_path: Path) -> None:
+    """max_attempts 2 (the issue's setting): no slot is recorded as FAIL, every slot costs <= max_calls_per_slot
+    calls, mutation slots fall back to conventional mutation, and the accounting says what the LLM proposed."""
+    bad = json.dumps({"layers": [{"type": "conv2d", "out_channels": 4, "kernel": 7}, {"type": "flatten"},
+                                 {"type": "conv2d", "out_channels": 4, "kernel": 3}]})  # fmt: skip
+    responder = when(lambda body: kind_of(user_text(body)) == "init", ArchResponder(), lambda body: bad)
+    with FakeLLMServer(responder=responder) as srv:
+        config = llm_run_config(srv.base_url, "evolution.max_attempts=2", "generations=3", "offspring=3",
+                                "llm.max_calls_per_slot=4", "llm.fallback_after=3")  # fmt: skip
+        records = run(config, tmp_path / "run")
+    check_complete(tmp_path / "run", config)
+    assert not any(r.failed for r in records)
+    per_slot = Counter((c["meta"]["generation"], c["meta"]["slot"]) for c in calls(tmp_path / "run")
+                       if c["purpose"] != "reflect")  # fmt: skip
+    assert max(per_slot.values()) <= 4
+    later = [r for r in records if r.generation > 0]
+    assert all(r.operator.endswith("(llm-fallback)") for r in later)
+    assert {r.operator for r in later} <= {"random-mutate(llm-fallback)", "random-crossover(llm-fallback)"}
+    assert sum(per_slot[(r.generation, r.slot)] > 0 for r in later) == 3 + 2  # 3 failed slots, then 1 probe/gen
+    status = open_run(tmp_path / "run").status().to_dict()["llm"]
+    assert status["proposals"] == {"slots": 13, "llm": 4, "llm_first_time": 4, "llm_after_repair": 0,
+                                   "llm_autofixed": 0, "fallback": 9, "failed": 0, "llm_share": 0.3077}  # fmt: skip
+    assert status["answers"] == {"shape": sum(per_slot.values()) - 4, "valid": 4}
+    assert status["calls"] == sum(per_slot.values()) + sum(status["reflect_answers"].values())
 
 
 def operator_context(known: set[str], generation: int = 1, attempt: int = 0) -> OperatorContext:
@@ -298,7 +330,9 @@ def test_the_model_sees_every_layer_type_and_activation_of_the_ir(tmp_path: Path
     run(llm_run_config(server.base_url, "population=2", "generations=0"), tmp_path / "run")
     for request in server.chat_requests:
         body: Any = request.body
-        assert body["response_format"]["json_schema"]["schema"] == architecture_schema()
+        schema = body["response_format"]["json_schema"]["schema"]
+        assert schema == answer_schema(architecture_schema()) and list(schema["properties"])[0] == "layers"
+        assert schema["properties"]["rationale"]["maxLength"] == 300
         user = body["messages"][1]["content"]
         assert all(f'{{"type": "{t}"' in user for t in LAYER_TYPES) and all(f'"{a}"' in user for a in ACTIVATIONS)
 
@@ -349,9 +383,10 @@ def test_validator_reports_schema_shape_constraint_and_duplicate_errors_exactly(
         "violates the hardware limit max_macs_demo: 37,888 MACs > limit 2,000 MACs"
     )
     known.add(__import__("uhnas.arch", fromlist=["arch_hash"]).arch_hash(parse_architecture(mlp)))
-    assert validator.judge(mlp) == ("duplicate", [DUPLICATE])
+    assert validator.judge(mlp) == ("duplicate", [f"{DUPLICATE}: it is a network already proposed in this generation; "
+                                                  f"{DUPLICATE_HINT}"])  # fmt: skip
     verdict, errors = validator.judge({"layers": [{"type": "linear", "out_features": 10}]})
-    assert verdict == "shape" and "insert a flatten layer" in errors[0] and "(input 1x8x8, 10 classes)" in errors[0]
+    assert verdict == "shape" and "insert a flatten layer" in errors[0] and "the input is 1x8x8" in errors[0]
     verdict, errors = validator.judge({"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 0}]})
     assert verdict == "schema" and errors == [
         "layer 1 (linear): out_features: Input should be greater than or equal to 1"
@@ -399,7 +434,8 @@ def test_genius_refines_one_chain_and_shows_the_model_its_own_history(tmp_path: 
     check_complete(tmp_path / "run", config)
     assert {r.operator for r in records} == {"genius.refine"}
     prompts = [r.body["messages"][1]["content"] for r in server.chat_requests if len(r.body["messages"]) == 2]  # type: ignore[index]
-    chain = [len(re.findall(r"^\d+\. ", p, re.MULTILINE)) for p in prompts if "## Your proposals so far" in p]
+    chain = [len(re.findall(r"^\d+\. ", p.split("## Your proposals so far")[1], re.MULTILINE))
+             for p in prompts if "## Your proposals so far" in p]  # fmt: skip
     assert chain == list(range(config.budget))  # every proposal sees all earlier ones, oldest first
     last = prompts[-1]
     assert "error 0." in last and "energy" in last  # scores of evaluated proposals are shown
@@ -435,3 +471,118 @@ def test_a_template_bug_stops_the_run_instead_of_failing_every_slot(
         run(config, tmp_path / "run")
     records = open_run(tmp_path / "run").records()
     assert len(records) == config.population and not any(r.failed for r in records)  # generation 0 kept, no FAIL slots
+
+
+# ----------------------------------------------------------------------------- issue 13: small local models
+
+
+def first_answers(*answers: str | Step) -> Any:
+    """A responder answering the first architecture requests with `answers`, then cooperatively."""
+    queue = list(answers)
+    cooperative = ArchResponder(hostile=False)
+
+    def respond(body: dict[str, Any]) -> str | Step:
+        if queue and kind_of(user_text(body)) != "reflect":
+            return queue.pop(0)
+        return cooperative(body)
+
+    return respond
+
+
+def test_replay_of_an_interrupted_run_says_the_original_stopped_here(tmp_path: Path) -> None:
+    extra = ("generations=3", "offspring=3")
+    with FakeLLMServer(responder=ArchResponder()) as srv:
+        with pytest.raises(BudgetExceeded):
+            run(llm_run_config(srv.base_url, *extra, "llm.budget_tokens=8000"), tmp_path / "original")
+    replay = llm_run_config(closed_port_url(), *extra, f"llm.provider=replay:{tmp_path / 'original'}")
+    with pytest.raises(CacheMiss) as caught:
+        run(replay, tmp_path / "replayed")
+    message = str(caught.value)
+    assert "the original run stopped here" in message and "diverged" not in message
+    assert trials(tmp_path / "replayed") == trials(tmp_path / "original")  # identical up to where it stopped
+
+
+def test_truncated_answer_is_reported_as_truncated(tmp_path: Path) -> None:
+    cut = '{"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 32, "bias": true}, {"type": "acti'
+    with FakeLLMServer(responder=first_answers(Step(text=cut, finish_reason="length"))) as srv:
+        run(llm_run_config(srv.base_url, "population=2", "generations=0"), tmp_path / "run")
+        repair = srv.chat_requests[1].body["messages"]  # type: ignore[index]
+    log = calls(tmp_path / "run")
+    assert log[0]["meta"]["verdict"] == "truncated" and log[0]["meta"]["errors"] == [TRUNCATED]
+    assert "unknown key" not in " ".join(log[0]["meta"]["errors"])  # the inner layer object is not judged
+    assert repair[2] == {
+        "role": "assistant",
+        "content": f"(answer cut off at the token limit after {len(cut)} characters)",
+    }
+    assert TRUNCATED in repair[3]["content"] and log[1]["meta"]["verdict"] == "valid"
+
+
+def test_every_shape_error_is_in_one_repair_turn(tmp_path: Path) -> None:
+    both = json.dumps({"layers": [{"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"},
+                                  {"type": "conv2d", "out_channels": 4, "kernel": 3}, {"type": "flatten"},
+                                  {"type": "linear", "out_features": 10}]})  # fmt: skip
+    with FakeLLMServer(responder=first_answers(both)) as srv:
+        run(llm_run_config(srv.base_url, "population=2", "generations=0", "llm.autofix=false"), tmp_path / "run")
+        repair = srv.chat_requests[1].body["messages"][-1]["content"]  # type: ignore[index]
+    errors = calls(tmp_path / "run")[0]["meta"]["errors"]
+    assert len(errors) == 3 and calls(tmp_path / "run")[0]["meta"]["verdict"] == "shape"
+    assert errors[0].startswith("layer 0 (linear): input is 1x8x8 (not flat); insert a flatten layer before it")
+    assert errors[1].startswith("layer 2 (conv2d): input is flat") and "must come before the flatten" in errors[1]
+    assert errors[2].startswith("layer 3 (flatten): input is already flat")
+    assert "All 3 problems found" in repair and all(e in repair for e in errors)
+
+
+def test_trivial_shape_errors_are_autofixed_and_counted_apart(tmp_path: Path) -> None:
+    mlp = json.dumps({"layers": [{"type": "linear", "out_features": 24}, {"type": "activation", "function": "relu"},
+                                 {"type": "linear", "out_features": 90}]})  # fmt: skip
+    with FakeLLMServer(responder=first_answers(mlp)) as srv:
+        records = run(llm_run_config(srv.base_url, "population=2", "generations=0"), tmp_path / "on")
+        assert len(srv.chat_requests) == 2  # no repair call
+    fixed = next(r for r in records if r.slot == 0)
+    assert [layer["type"] for layer in fixed.arch["layers"]] == ["flatten", "linear", "activation", "linear"]
+    assert fixed.arch["layers"][-1]["out_features"] == 10 and fixed.operator == "llm.init"
+    assert fixed.metadata["llm"]["verdicts"] == ["autofixed"]
+    assert fixed.metadata["llm"]["autofix"] == [
+        "inserted a flatten layer before layer 0",
+        "resized the last linear layer from 90 to 10 outputs",
+    ]
+    acc = open_run(tmp_path / "on").status().llm
+    assert acc is not None and acc["answers"] == {"autofixed": 1, "valid": 1}
+    assert acc["proposals"]["llm_autofixed"] == 1 and acc["proposals"]["llm_first_time"] == 1
+    with FakeLLMServer(responder=first_answers(mlp)) as srv:  # off: the model's raw ability, a repair turn
+        run(llm_run_config(srv.base_url, "population=2", "generations=0", "llm.autofix=false"), tmp_path / "off")
+        assert len(srv.chat_requests) == 3
+    assert [c["meta"]["verdict"] for c in calls(tmp_path / "off")] == ["shape", "valid", "valid"]
+
+
+def test_refused_slots_never_reach_prompts_as_error_text_and_genius_hides_fallbacks(tmp_path: Path) -> None:
+    """A refused slot appears in its later attempts as its layers and a one-word reason, never as error text
+    (a small model copied that into "name"); names are not shown at all; fallback networks are not the chain's."""
+    bad = json.dumps({"name": "ProposalError: x", "layers": [{"type": "conv2d", "out_channels": 4, "kernel": 9}]})
+    responder = first_answers(bad, bad, bad, bad, bad, bad)
+    with FakeLLMServer(responder=responder) as srv:
+        run(llm_run_config(srv.base_url, "population=3", "generations=0", "llm.max_repairs=0"), tmp_path / "run")
+        users = [r.body["messages"][1]["content"] for r in srv.chat_requests]  # type: ignore[index]
+    assert not any("ProposalError" in u or "no valid answer" in u for u in users)
+    assert any("Refused earlier for this slot (do not answer these again):\n- conv2d 4 k9 (schema)" in u for u in users)
+    with FakeLLMServer(responder=lambda body: "no JSON here") as srv:
+        config = llm_run_config(srv.base_url, "generations=1", "offspring=2", "llm.max_calls_per_slot=1",
+                                method="genius")  # fmt: skip
+        records = run(config, tmp_path / "genius")
+        prompts = [r.body["messages"][1]["content"] for r in srv.chat_requests]  # type: ignore[index]
+    assert all(r.operator.endswith("(llm-fallback)") for r in records)
+    assert all("(none yet: propose a first network" in p for p in prompts)  # fallbacks are not "your proposals"
+
+
+def test_mutate_prompts_name_a_rotating_sparse_energy_target(tmp_path: Path, server: FakeLLMServer) -> None:
+    config = llm_run_config(server.base_url, "generations=2", "offspring=4", "evolution.crossover_prob=0")
+    records = run(config, tmp_path / "run")
+    targets = [r.metadata["llm"]["target"] for r in records if r.operator == "llm.mutate"]
+    assert len(targets) == 8 and all(t.startswith("aim the child at an energy of") for t in targets)
+    assert len({t.split(" nJ")[0] for t in targets}) >= 2  # rotates over bands
+    users = [r.body["messages"][1]["content"] for r in server.chat_requests]  # type: ignore[index]
+    assert sum("## Target\naim the child" in u for u in users) >= 8
+    assert sum("## Target\nthis slot asks for a tiny network" in u for u in users) == 1  # init slots: size classes
+    with FakeLLMServer(responder=ArchResponder()) as srv:
+        run(llm_run_config(srv.base_url, "generations=1", "llm.steering=off"), tmp_path / "off")
+        assert not any("## Target" in r.body["messages"][1]["content"] for r in srv.chat_requests)  # type: ignore[index]

@@ -319,6 +319,8 @@ def _search_overrides(**flags: Any) -> list[str]:
         "llm_budget_usd": "llm.budget_usd",
         "system_prompt": "llm.system_prompt",
         "temperature": "llm.temperature",
+        "llm_timeout": "llm.timeout_s",
+        "llm_max_tokens": "llm.max_tokens",
     }
     overrides = [
         f"{paths[name]}={json.dumps(value) if isinstance(value, str) else value}"
@@ -441,6 +443,10 @@ def search(
     ] = None,
     system_prompt: Annotated[str | None, typer.Option(help="hardware-aware, generic or minimal.")] = None,
     temperature: Annotated[float | None, typer.Option(min=0.0)] = None,
+    llm_timeout: Annotated[
+        float | None, typer.Option(min=1.0, help="Seconds one LLM call may take (CPU servers: several minutes).")
+    ] = None,
+    llm_max_tokens: Annotated[int | None, typer.Option(min=16, help="Longest LLM answer, in tokens.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the final front and summary as JSON; no live display.")
     ] = False,
@@ -478,6 +484,8 @@ def search(
             llm_budget_usd=llm_budget_usd,
             system_prompt=system_prompt,
             temperature=temperature,
+            llm_timeout=llm_timeout,
+            llm_max_tokens=llm_max_tokens,
         )
         if resume is not None:
             if config is not None or (out is not None and out != resume):
@@ -492,6 +500,9 @@ def search(
             if out is None:
                 raise CLIError("--out DIR is required (the run directory)")
             base, source, run_dir = (read_yaml(config) if config else {}), str(config or "defaults"), out
+            provider = llm or ((base.get("llm") or {}).get("provider") if isinstance(base.get("llm"), dict) else None)
+            if isinstance(provider, str) and provider.startswith("replay:"):
+                base = _with_recorded_llm(base, provider)
         resolved = config_from_dict(apply_overrides(base, _search_overrides(**flags)), source=source)
         if as_json:
             result = run_search(resolved, run_dir, resume=resume is not None)
@@ -502,19 +513,61 @@ def search(
                 f"[bold]uhnas search[/bold] {resolved.method} on {resolved.dataset} / {resolved.backend}: "
                 f"{resolved.budget} evaluations → {run_dir}"
             )
-            with LiveDisplay(console) as display:
+            llm_db = Path(run_dir) / "llm.db" if resolved.llm is not None else None
+            with LiveDisplay(console, llm_db=llm_db) as display:
                 result = run_search(resolved, run_dir, resume=resume is not None, progress=display)
         plot = _write_plot(
             run_dir, result.records, f"{resolved.method} on {resolved.dataset} / {resolved.backend}", resolved.objective
         )
         rows = _front_rows(result.front)
+        accounting = RunStore.open(run_dir).llm_accounting() if resolved.llm is not None else None
+        summary = {**result.summary, **({"llm": accounting} if accounting is not None else {})}
         if as_json:
-            _print_json({"out": str(run_dir), "front": rows, "summary": result.summary, "pareto_png": str(plot)})
+            _print_json({"out": str(run_dir), "front": rows, "summary": summary, "pareto_png": str(plot)})
             return
         console.print(_front_table(rows, f"Pareto front ({len(rows)} of {len(result.records)} candidates)"))
         console.print(
             f"hypervolume {result.hypervolume:.4f}; plot {plot}; dashboard: optuna-dashboard sqlite:///{run_dir}/study.db"
         )
+        if accounting is not None:
+            console.print(escape(llm_summary_line(accounting)), soft_wrap=True)
+
+
+def _with_recorded_llm(base: dict[str, Any], provider: str) -> dict[str, Any]:
+    """The config with the LLM settings of the run a "replay:<run dir>" provider replays (its run.yaml): model,
+    sampling, answer length, prompts and repairs must be the recorded ones for the requests to match. Explicit
+    flags still override them."""
+    import yaml
+
+    target = Path(provider[len("replay:") :]).expanduser()
+    run_dir = target.parent if target.is_file() else target
+    run_file = run_dir / "run.yaml"
+    try:
+        recorded = ((yaml.safe_load(run_file.read_text(encoding="utf-8")) or {}).get("config") or {}).get("llm")
+    except (OSError, yaml.YAMLError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        if isinstance(base.get("llm"), dict) and base["llm"].get("model"):
+            return base
+        raise CLIError(f"{provider}: no recorded run configuration ({run_file}) to take the LLM settings from; "
+                       "pass --model and the run's LLM settings")  # fmt: skip
+    own = base.get("llm") if isinstance(base.get("llm"), dict) else {}
+    settings = {k: v for k, v in recorded.items() if k not in ("provider", "shared_cache")}
+    return {**base, "llm": {**own, **settings, "provider": provider}}
+
+
+def llm_summary_line(acc: dict[str, Any]) -> str:
+    """One line of LLM accounting: calls, tokens, cost, answers by verdict, LLM share of proposals and front."""
+    p, f = acc["proposals"], acc["front"]
+    cost = f", ${acc['cost_usd']:.4f}" if acc.get("cost_usd") is not None else ""
+    answers = ", ".join(f"{k} {v}" for k, v in acc["answers"].items()) or "none"
+    share = f"{p['llm']}/{p['slots']}" + (f" ({p['llm_share']:.0%})" if p["llm_share"] is not None else "")
+    spc = f", {acc['seconds_per_call']:.1f} s/call" if acc.get("seconds_per_call") is not None else ""
+    return (
+        f"LLM: {acc['calls']} calls ({acc['replayed_calls']} replayed), {acc['prompt_tokens']:,} prompt + "
+        f"{acc['completion_tokens']:,} completion tokens{cost}{spc}; answers: {answers}; proposals by the LLM "
+        f"{share}, conventional fallback {p['fallback']}; front {f['llm']}/{f['size']} by the LLM"
+    )
 
 
 def _open_run(out: Path) -> Any:
@@ -537,12 +590,15 @@ def status(
         if as_json:
             _print_json(data)
             return
+        accounting = data.pop("llm", None)
         table = Table(title=f"run {out}")
         table.add_column("")
         table.add_column("", justify="right")
         for key, value in data.items():
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
+        if accounting is not None:
+            console.print(escape(llm_summary_line(accounting)), soft_wrap=True)
 
 
 @app.command()

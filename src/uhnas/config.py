@@ -94,8 +94,14 @@ class LLMSection(_Section):
     fallback_after: int = Field(default=2, ge=1)  # failed slots in a row before later slots get one probe call only
     init_failures_before_fallback: int | None = Field(default=None, ge=1)  # deprecated alias of fallback_after
     autofix: bool = True  # insert a missing flatten / append or resize the classifier (verdict "autofixed")
-    steering: Literal["energy", "off"] = "energy"  # name a sparse energy band of the front as each child's target
+    steering: Literal["energy", "none"] = "energy"  # name a sparse energy band of the front as each child's target
     shared_cache: str | None = None  # optional extra SQLite cache shared between runs
+
+    @field_validator("steering", mode="before")
+    @classmethod
+    def _steering(cls, value: Any) -> Any:
+        """YAML reads `off` / `false` as False: that means no steering."""
+        return "none" if value is False or value == "off" else value
 
     @field_validator("provider")
     @classmethod

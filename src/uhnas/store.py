@@ -31,6 +31,7 @@ from uhnas.records import TrialRecord, feasible_front, front_hypervolume, object
 OBJECTIVE_NAMES = ("error", "energy_nj")
 DIRECTIONS = ("minimize", "minimize")
 DB_FILE = "study.db"
+LLM_DB_FILE = "llm.db"  # the LLM call log of an LLM-guided run (uhnas.llm.cache)
 RUN_FILE = "run.yaml"
 CONSTRAINTS_ATTR = "constraints"  # Optuna's constraint system attribute (list form: read by Optuna and the dashboard)
 FAIL_REASON_ATTR = "fail_reason"  # the system attribute Optuna itself uses for a failed trial's reason
@@ -147,6 +148,7 @@ class RunStatus:
     hypervolume: float
     front_size: int
     finished: bool
+    llm: dict[str, Any] | None = None  # LLM accounting (uhnas.llm.accounting) of a run with an llm.db, else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -300,8 +302,25 @@ class RunStore:
         """The feasible Pareto front over every evaluated candidate so far."""
         return feasible_front(self.records())
 
+    def llm_accounting(
+        self, records: list[TrialRecord] | None = None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """What the run's language model did (calls, tokens, cost, answers by verdict, LLM share of the proposals
+        and of the front; `uhnas.llm.accounting`), or None for a run without an LLM call log."""
+        from uhnas.llm.accounting import llm_accounting
+
+        records = self.records() if records is None else records
+        meta = self.metadata() if metadata is None else metadata
+        llm = (meta.get("config") or {}).get("llm") or {}
+        prices = llm.get("price_prompt_usd_per_mtok"), llm.get("price_completion_usd_per_mtok")
+        price = (float(prices[0]), float(prices[1])) if None not in prices else None
+        front = feasible_front(records)
+        return llm_accounting(self.out / LLM_DB_FILE, [r.operator for r in records], [r.operator for r in front],
+                              price=price)  # fmt: skip
+
     def status(self) -> RunStatus:
-        """Trials done against the budget, failures, last finished generation and current hypervolume."""
+        """Trials done against the budget, failures, last finished generation, current hypervolume and, for an
+        LLM-guided run, its LLM accounting."""
         meta = self.metadata()
         records = self.records()
         config = meta.get("config", {})
@@ -320,6 +339,7 @@ class RunStore:
             hypervolume=front_hypervolume(records, reference) if reference else 0.0,
             front_size=len(feasible_front(records)),
             finished=bool(meta.get("finished", False)) and len(records) >= budget,
+            llm=self.llm_accounting(records, meta),
         )
 
 

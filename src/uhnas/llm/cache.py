@@ -166,6 +166,11 @@ class AnswerSource:
         with self._lock:
             return _row_to_answer(self._conn.execute(_ANSWER_SQL, (key, occurrence)).fetchone())
 
+    def count(self) -> int:
+        """How many recorded outcomes the file holds."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
@@ -296,6 +301,7 @@ class ResponseCache:
         self.log = CallLog(path)
         self.session = uuid.uuid4().hex
         self._occurrences: dict[str, int] = {}
+        self._served: set[tuple[str, int]] = set()  # (key, occurrence) answered from the replay source
         self._lock = threading.Lock()
 
     @property
@@ -317,11 +323,21 @@ class ResponseCache:
         if self._source is not None:
             found = self._source.answer(key, occurrence)
             if found is not None:
+                with self._lock:
+                    self._served.add((key, occurrence))
                 return found, True
             if self.mode == "replay":
                 return None
         found = self.log.answer(key, occurrence)
         return None if found is None else (found, False)
+
+    def replay_progress(self) -> tuple[int, int] | None:
+        """(recorded outcomes served so far, outcomes the replay source holds); None without a source."""
+        if self._source is None:
+            return None
+        with self._lock:
+            served = len(self._served)
+        return served, self._source.count()
 
     def record(self, rec: CallRecord, *, answers: bool) -> int:
         """Log a call; when `answers`, index it as the answer of its (key, occurrence) for later hits/replays."""

@@ -527,11 +527,21 @@ class LLMClient:
         return cls(message, call_id=call_id)
 
     def _record_miss(self, base: CallRecord, serial: int, start: float) -> NoReturn:
-        """Log and raise CacheMiss: replay found no recorded answer for this request."""
-        message = (
-            f"no cached answer for {base.purpose} call #{serial} (key {base.key[:12]}…, occurrence "
-            f"{base.occurrence}); the replayed run diverged from the original"
+        """Log and raise CacheMiss: replay found no recorded answer for this request. When every answer the original
+        recorded has been replayed, the original stopped here (interrupted, or still running): the replay did not
+        diverge, it reached the end of the recording."""
+        where = (
+            f"no cached answer for {base.purpose} call #{serial} (key {base.key[:12]}…, occurrence {base.occurrence})"
         )
+        progress = self.cache.replay_progress()
+        if progress is not None and progress[1] > 0 and progress[0] >= progress[1]:
+            message = (
+                f"{where}: the original run stopped here: all {progress[1]} of its recorded answers were replayed "
+                "and it made no further call (it was interrupted or is still running); the replay matches it so far"
+            )
+        else:
+            shown = f" ({progress[0]} of its {progress[1]} recorded answers replayed)" if progress else ""
+            message = f"{where}; the replayed run diverged from the original{shown}"
         rec = copy.copy(base)
         rec.source, rec.cached, rec.error, rec.error_type = "replay", True, message, "CacheMiss"
         rec.latency_s = self._clock() - start

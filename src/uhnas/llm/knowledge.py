@@ -4,8 +4,11 @@ The model answers {"heuristics": [...]}; each heuristic is sanitised (control an
 line, leading list markers dropped), truncated to `max_chars`, deduplicated (case- and whitespace-insensitive) and
 at most `max_items` are kept, in the model's order. The answer replaces the base: the reflect prompt asks the
 model to rewrite the whole base. A malformed answer (no JSON object, no "heuristics" list, no usable string in
-it) leaves the previous base untouched and is reported in the returned `KnowledgeUpdate`. The base round-trips
-through JSON so the search can store it with each generation.
+it) leaves the previous base untouched and is reported in the returned `KnowledgeUpdate`. Placeholders — the answer
+format's own "...", text without letters, fewer than four words — are dropped like empty items, so a model that
+copies the format never fills the base with them. The answer's schema bounds the list and each item
+(`maxItems`, `maxLength`), so a grammar-constrained server must close the answer. The base round-trips through
+JSON so the search can store it with each generation.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from uhnas.llm.errors import ParseError
 from uhnas.llm.parse import extract_json
 from uhnas.llm.prompting import sanitize
 
-__all__ = ["KnowledgeBase", "KnowledgeUpdate"]
+__all__ = ["KnowledgeBase", "KnowledgeUpdate", "placeholder"]
 
+MIN_WORDS = 4  # a heuristic is a sentence: fewer words is a placeholder or a fragment
+_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two or more letters
 _MARKER = re.compile(r"^(?:[-*•]+|\d{1,3}[.)]|\(\d{1,3}\))\s+")  # "- ", "* ", "3. ", "(2) " list markers
 
 
@@ -63,10 +68,11 @@ class KnowledgeBase:
         return list(self._items)
 
     def schema(self) -> dict[str, Any]:
-        """JSON schema of the reflect answer, for structured output."""
+        """JSON schema of the reflect answer, for structured output: bounded, so a grammar must close it."""
+        item = {"type": "string", "minLength": 16, "maxLength": self.max_chars}
         return {
             "type": "object",
-            "properties": {"heuristics": {"type": "array", "items": {"type": "string"}}},
+            "properties": {"heuristics": {"type": "array", "items": item, "minItems": 1, "maxItems": self.max_items}},
             "required": ["heuristics"],
             "additionalProperties": False,
         }
@@ -107,7 +113,7 @@ class KnowledgeBase:
                 continue
             text = _MARKER.sub("", sanitize(item, 10 * self.max_chars)).strip()
             text = sanitize(text, self.max_chars)
-            if text and _key(text) not in seen:
+            if text and not placeholder(text) and _key(text) not in seen:
                 seen.add(_key(text))
                 kept.append(text)
         return kept, len(heuristics) - len(kept)
@@ -132,6 +138,11 @@ class KnowledgeBase:
         if not isinstance(data, dict):
             raise ValueError("stored knowledge base must be a JSON object")
         return cls.from_dict(data)
+
+
+def placeholder(text: str) -> bool:
+    """True for text that is no heuristic: the format's "...", no letters, or fewer than MIN_WORDS words."""
+    return len(_WORD.findall(text)) < MIN_WORDS
 
 
 def _key(text: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from uhnas.llm.errors import ParseError
 
-__all__ = ["extract_json"]
+__all__ = ["complete_object", "extract_json"]
 
 _THINK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -40,6 +40,16 @@ def extract_json(text: str) -> dict[str, Any]:
     if found is not None:
         return found
     raise ParseError(first_error or error or "no JSON object found in answer")
+
+
+def complete_object(text: str) -> bool:
+    """True when the whole answer (reasoning and one surrounding code fence removed) is one JSON object: what an
+    answer cut off at the token limit is not, even when an inner object of it can be extracted."""
+    if not isinstance(text, str):
+        return False
+    body = _THINK.sub("", text).strip()
+    fenced = re.fullmatch(r"```[ \t]*[A-Za-z0-9_+-]*[^\n]*\n(.*?)\n?```", body, re.DOTALL)
+    return isinstance(_loads(fenced.group(1) if fenced else body), dict)
 
 
 def _loads(text: str) -> Any | None:

@@ -17,6 +17,8 @@ Context contract (what the operator layer passes; every key listed for a kind is
                 `uhnas.arch.architecture_schema()`, so every layer type and activation the IR accepts is offered
     front       [candidate summary]: the feasible Pareto front (shown in the given order, at most SHOWN["front"])
     recent      [candidate summary]: the latest candidates, newest last (at most SHOWN["recent"])
+    target      optional str | None (init, mutate, crossover): the niche this proposal should aim at, written by
+                code (e.g. "energy 0.8-2.4 nJ, where the front has no network: about 3x less than the parent")
     knowledge   [str]: the knowledge base's heuristics (model-written: rendered as quoted data)
     generation, generations   int: current generation (0 = initial population) and the budget
     parent      candidate summary (mutate, llmatic_mutate)
@@ -26,11 +28,15 @@ Context contract (what the operator layer passes; every key listed for a kind is
     knowledge_max_items, knowledge_max_chars   int (reflect): the knowledge base's bounds
     instruction int (llmatic_mutate): index into llmatic_instructions(), chosen by the caller's generator
     history     [candidate summary] (genius): the chain's own earlier proposals, oldest first
-    rejected    optional [str] (init, mutate, crossover): why earlier proposals for this slot were refused
+    rejected    optional [{layers: str, why: str}] (init, mutate, crossover): earlier proposals refused for this slot,
+                by their compact layers and a code-written one-word reason (never error text: it could be copied
+                back as data)
 
 A candidate summary is::
 
-    {trial: int, hash: str, layers: str (compact_layers of the architecture), error: float | None,
+    {trial: int, hash: str, layers: str (compact_layers of the architecture),
+     layers_json: optional list of layer dicts (the IR's JSON; parents are shown in it: the answer's own form),
+     error: float | None,
      clean_accuracy, noisy_accuracy, noisy_p5, robustness_drop (clean - noisy mean): float | None,
      energy_nj: float | None, energy_breakdown_nj: {component: nJ}, params: int | None, macs: int | None,
      violations: [{constraint, limit, actual, unit} | str], feasible: bool, rationale: str | None,
@@ -64,6 +70,7 @@ __all__ = [
     "SYSTEM_VARIANTS",
     "UNTRUSTED_CHARS",
     "PromptError",
+    "answer_schema",
     "compact_layers",
     "describe_schema",
     "example_context",
@@ -75,7 +82,7 @@ __all__ = [
 ]
 
 UNTRUSTED_CHARS = 200  # model-written text is cut to this many characters before it enters a prompt
-SHOWN = {"front": 16, "recent": 8, "history": 20, "knowledge": 24}  # list lengths a prompt shows at most
+SHOWN = {"front": 6, "recent": 3, "history": 12, "knowledge": 8}  # list lengths a prompt shows at most
 SYSTEM_VARIANTS: dict[str, str] = {
     "hardware-aware": "system_hardware_aware.j2",
     "generic": "system_generic.j2",
@@ -135,6 +142,62 @@ def _ident(value: Any, limit: int = 40) -> str:
 def _layers_text(value: Any) -> str:
     """Compact layer text restricted to the characters compact_layers produces."""
     return _LAYERS_TEXT.sub("", str(value))[:1000]
+
+
+def _layers_json(layers: Any) -> str:
+    """Layers as the JSON object an answer must be ({"layers": [...]}): numbers, booleans, null and identifiers
+    only (the layers come from the validated IR; anything else is dropped)."""
+    if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)):
+        return '{"layers": []}'
+    clean = []
+    for layer in layers:
+        if not isinstance(layer, Mapping):
+            continue
+        item: dict[str, Any] = {}
+        for key, value in layer.items():
+            if value is None or isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)):
+                item[_ident(key, 20)] = value
+            elif isinstance(value, str):
+                item[_ident(key, 20)] = _ident(value, 20)
+        clean.append(item)
+    return json.dumps({"layers": clean})
+
+
+def _constants(constants: Mapping[str, Any], limit: int = 650) -> str:
+    """Backend constants in at most `limit` characters: the physical limits (max_*) first with their units, then
+    the others as name=value (a unit only when it is short); the rest counted."""
+    limits, others = [], []
+    for name, c in constants.items():
+        value = c["value"] if isinstance(c, Mapping) else c  # a missing key is a template error, never blank
+        unit = sanitize(c["unit"], 40) if isinstance(c, Mapping) else ""
+        shown = _ident(value) if isinstance(value, str) else _quantity(value)
+        if str(name).startswith("max_"):
+            limits.append(f"{_ident(name)} {shown} {unit}".strip())
+        else:
+            others.append(f"{_ident(name)}={shown}" + (f" {unit}" if unit and len(unit) <= 6 else ""))
+    text = "limits: " + ("; ".join(limits) or "none") + ". Other: "
+    shown_count = 0
+    for part in others:
+        if len(text) + len(part) + 2 > limit:
+            break
+        text += ("" if text.endswith(": ") else ", ") + part
+        shown_count += 1
+    return text + (f" ({len(others) - shown_count} more)" if shown_count < len(others) else "")
+
+
+def _shape_rules(task: Mapping[str, Any]) -> str:
+    """The shape rules of the task in plain words (image input: where flatten goes; the classifier)."""
+    shape = [int(d) for d in task["input_shape"]]
+    classes = int(task["num_classes"])
+    last = f'2. The last layer is {{"type": "linear", "out_features": {classes}, "bias": true}} ({classes} classes).'
+    if len(shape) == 3:
+        return (
+            f"1. The input is an image of {_shape(shape)} (channels x height x width). conv2d and pooling layers "
+            'work on images; linear layers need a flat vector. Put exactly one {"type": "flatten"} after the last '
+            "conv2d or pooling layer and before the first linear layer (an MLP starts with flatten). No conv2d or "
+            f"pooling after flatten.\n{last}"
+        )
+    return f"1. The input is a flat vector of {shape[0]} features: use no flatten, conv2d or pooling.\n{last}"
 
 
 # --- compact architecture text ---------------------------------------------------------------------------------
@@ -211,11 +274,15 @@ def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-def _breakdown(breakdown: Mapping[str, float]) -> str:
-    """Energy by component, largest first, with each share of the total."""
+def _breakdown(breakdown: Mapping[str, float], top: int = 4) -> str:
+    """Energy by component, largest first, with each share of the total; the `top` largest, the rest as other."""
     items = sorted(((str(k), float(v)) for k, v in breakdown.items()), key=lambda kv: -kv[1])
     total = sum(v for _, v in items)
-    return ", ".join(f"{_ident(k)} {_num(v, '.4g')}" + (f" ({v / total:.0%})" if total > 0 else "") for k, v in items)
+    shown = [f"{_ident(k)} {_num(v, '.3g')}" + (f" ({v / total:.0%})" if total > 0 else "") for k, v in items[:top]]
+    rest = sum(v for _, v in items[top:])
+    if len(items) > top:
+        shown.append(f"other {_num(rest, '.3g')}" + (f" ({rest / total:.0%})" if total > 0 else ""))
+    return ", ".join(shown)
 
 
 def _energy_shares(candidates: Sequence[Mapping[str, Any]]) -> str:
@@ -284,7 +351,9 @@ def _by_drop(candidates: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
 
 
 def describe_schema(schema: Mapping[str, Any]) -> str:
-    """A JSON schema as a readable vocabulary: top-level keys, and each variant of a list of tagged objects."""
+    """A JSON schema as a compact vocabulary: each top-level key in the schema's order, and each variant of a list
+    of tagged objects as the JSON object it must be, with value ranges ('{"type": "linear", "out_features":
+    1..2048, "bias": true|false}')."""
     props = schema.get("properties")
     if schema.get("type") != "object" or not isinstance(props, Mapping):
         return json.dumps(schema, separators=(",", ":"), sort_keys=True)
@@ -292,14 +361,29 @@ def describe_schema(schema: Mapping[str, Any]) -> str:
     for name, node in props.items():
         variants = _tagged_variants(node)
         if variants is None:
-            lines.append(f"- {name}: {_type_text(node)}")
+            lines.append(f'- "{name}": {_type_text(node)}')
             continue
-        lines.append(f'- {name}: {_bounds(node, "list of")} objects, each one of (by "type"):')
+        lines.append(f'- "{name}": {_bounds(node, "list of")} layer objects, each one of:')
         for tag, variant in variants:
-            fields = [f"{k} ({_type_text(v)})" for k, v in variant.get("properties", {}).items() if k != "type"]
-            desc = f" — {one_line(variant['description'], 200)}" if variant.get("description") else ""
-            lines.append(f'  - {{"type": "{tag}"' + (", " + ", ".join(fields) if fields else "") + "}" + desc)
+            fields = [f'"{k}": {_value_text(v)}' for k, v in variant.get("properties", {}).items() if k != "type"]
+            lines.append(f'  {{"type": "{tag}"' + (", " + ", ".join(fields) if fields else "") + "}")
     return "\n".join(lines)
+
+
+def _value_text(node: Any) -> str:
+    """A field's allowed values in JSON-like form: 1..2048, true|false, "relu" | "tanh", 2..4 or null."""
+    if not isinstance(node, Mapping):
+        return "any"
+    if "anyOf" in node:
+        return " or ".join(_value_text(n) for n in node["anyOf"])
+    if "enum" in node:
+        return " | ".join(json.dumps(v) for v in node["enum"])
+    kind = node.get("type")
+    if kind in ("integer", "number") and node.get("minimum") is not None and node.get("maximum") is not None:
+        return f"{node['minimum']:g}..{node['maximum']:g}"
+    if kind == "boolean":
+        return "true|false"
+    return str(kind or "any")
 
 
 def _tagged_variants(node: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]] | None:
@@ -343,6 +427,39 @@ def _bounds(node: Mapping[str, Any], noun: str) -> str:
     return f"{noun} ({lo}..{hi})" if lo is not None and hi is not None else noun
 
 
+# --- the answer's schema ----------------------------------------------------------------------------------------
+ANSWER_NAME_CHARS = 40
+ANSWER_RATIONALE_CHARS = 300
+_FLATTEN_RULE = (
+    "Flattens C x H x W to a vector. With an image input, exactly one flatten goes after the last conv2d or pooling "
+    "layer and before the first linear layer (an MLP starts with it)."
+)
+
+
+def answer_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture schema as the model answers it: "layers" first (a grammar-constrained model writes the
+    layers before it can spend its tokens on prose), "name" and "rationale" required but short (<= 40 and <= 300
+    characters), and the flatten rule stated correctly for image and flat inputs. Every answer it admits is
+    admitted by `schema` (the IR's)."""
+    out = json.loads(json.dumps(schema))
+    props = out.get("properties")
+    if out.get("type") != "object" or not isinstance(props, dict) or "layers" not in props:
+        return out
+    layers = props["layers"]
+    for _, variant in _tagged_variants(layers) or []:
+        if variant.get("properties", {}).get("type", {}).get("enum") == ["flatten"]:
+            variant["description"] = _FLATTEN_RULE
+    ordered = {"layers": layers}
+    if "name" in props:
+        ordered["name"] = {"type": "string", "maxLength": ANSWER_NAME_CHARS}
+    if "rationale" in props:
+        ordered["rationale"] = {"type": "string", "maxLength": ANSWER_RATIONALE_CHARS}
+    ordered.update({k: v for k, v in props.items() if k not in ordered})
+    out["properties"] = ordered
+    out["required"] = list(ordered)
+    return out
+
+
 # --- environment and rendering ----------------------------------------------------------------------------------
 def _strict(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A filter that fails on an undefined argument (StrictUndefined alone lets filters see it silently)."""
@@ -369,7 +486,8 @@ def _environment() -> jinja2.Environment:
     filters: dict[str, Callable[..., Any]] = dict(
         q=quote, num=_num, count=_count, shape=_shape, breakdown=_breakdown, energy_shares=_energy_shares,
         violations=_violations, limits=_limits, task=_task, objective=_objective, by_drop=_by_drop,
-        vocabulary=describe_schema, ident=_ident, layers=_layers_text, line=one_line,
+        vocabulary=describe_schema, ident=_ident, layers=_layers_text, line=one_line, layers_json=_layers_json,
+        constants=_constants, shape_rules=_shape_rules,
     )  # fmt: skip
     env.filters.update({name: _strict(fn) for name, fn in filters.items()})
     env.globals["shown"] = dict(SHOWN)
@@ -433,8 +551,16 @@ def _example_candidate(trial: int, layers: list[Any], clean: float, noisy: float
         "error": round(1 - noisy, 4), "clean_accuracy": clean, "noisy_accuracy": noisy, "noisy_p5": p5,
         "robustness_drop": round(clean - noisy, 4), "energy_nj": round(sum(breakdown.values()), 4),
         "energy_breakdown_nj": breakdown, "params": params, "macs": macs, "violations": violations or [],
-        "feasible": not violations, "rationale": rationale,
+        "feasible": not violations, "rationale": rationale, "layers_json": _full_layers(layers),
     }  # fmt: skip
+
+
+def _full_layers(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Example layers with every field explicit, as the IR stores them (bias true, stride 1, padding 0)."""
+    defaults = {"linear": {"bias": True}, "conv2d": {"stride": 1, "padding": 0, "bias": True},
+                "maxpool": {"stride": None}, "avgpool": {"stride": None}}  # fmt: skip
+    return [{**layer, **{k: v for k, v in defaults.get(layer["type"], {}).items() if k not in layer}}
+            for layer in layers]  # fmt: skip
 
 
 def example_context(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -508,7 +634,7 @@ def example_context(schema: Mapping[str, Any]) -> dict[str, Any]:
             "max_params": 5_000_000,
             "max_macs": 200_000_000,
         },  # fmt: skip
-        "schema": dict(schema),
+        "schema": answer_schema(schema),
         "front": front,
         "recent": recent,
         "knowledge": [
@@ -525,4 +651,6 @@ def example_context(schema: Mapping[str, Any]) -> dict[str, Any]:
         "instruction": 0,
         "history": [front[1], recent[1]],
         "rejected": [],
+        "target": "energy 2.4-14 nJ, where the front has no network: about 3x the parent's energy, so make it larger "
+        "(wider or one more layer)",
     }

@@ -6,7 +6,9 @@
 parsed or fails validation, the model's answer is appended as an assistant message followed by a repair message
 (repair.j2) quoting the exact errors, and the model is asked again, at most `max_repairs` times. Every attempt is
 recorded and annotated in the call log; when repairs are exhausted `ProposalFailed` is raised: there is never a
-silent fallback. Answers are data: they are located and json-decoded by `extract_json`, never evaluated.
+silent fallback. Answers are data: they are located and json-decoded by `extract_json`, never evaluated. An answer
+cut off at the token limit (finish reason "length") without a complete JSON object is reported as truncated, not
+by what an inner fragment of it looks like, and the repair turn does not echo the cut-off text back.
 
 `ProposalFailed` is a `uhnas.errors.ProposalError` ("no valid answer for this attempt": the engine asks again),
 not an `LLMError`. Errors of the client itself (LLMUnavailable, BudgetExceeded, CacheMiss, ...) are LLMErrors and
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from uhnas.errors import ProposalError
 from uhnas.llm.errors import ParseError, one_line
-from uhnas.llm.parse import extract_json
+from uhnas.llm.parse import complete_object, extract_json
 from uhnas.llm.prompting import render_repair, sanitize
 
 if TYPE_CHECKING:  # the client imports openai; this loop only calls it
@@ -35,7 +37,10 @@ EXCERPT_CHARS = 500  # raw answer kept per attempt (the full text stays in the c
 ERROR_CHARS = 500  # one error line at most
 MAX_ITEM_ERRORS = 3  # per architecture of a batch, in the repair message
 BATCH_KEY = "architectures"
-TRUNCATED = "the answer was cut off at the token limit: answer with the JSON only, more compactly"
+TRUNCATED = (
+    "the answer was cut off at the token limit before the JSON object was complete: answer with the JSON object "
+    'only, "layers" first, and a rationale of one short sentence'
+)
 _Judged = tuple[list[dict[str, Any]], list[tuple[int, tuple[str, ...]]]]  # (valid items, (index, errors) rejected)
 _Judge = Callable[[dict[str, Any]], tuple[list[str], Any, dict[str, Any]]]  # -> (errors, extra, log notes)
 
@@ -135,15 +140,17 @@ def propose(
     max_repairs: int = 2,
     meta: dict[str, Any] | None = None,
     seed: int | None = None,
+    schema_name: str = "architecture",
 ) -> Proposal:
     """Ask for one JSON object until `validate` returns no errors, repairing at most `max_repairs` times; every
-    call is sent with `seed` (None: no seed)."""
+    call is sent with `seed` (None: no seed) and the schema under `schema_name`."""
 
     def judge(data: dict[str, Any]) -> tuple[list[str], None, dict[str, Any]]:
         """The validator's errors for the one object."""
         return _errors(validate(data)), None, {}
 
-    loop = _Loop(client, messages, schema=schema, purpose=purpose, max_repairs=max_repairs, meta=meta, seed=seed)
+    loop = _Loop(client, messages, schema=schema, purpose=purpose, max_repairs=max_repairs, meta=meta, seed=seed,
+                 schema_name=schema_name)  # fmt: skip
     data, reply, _ = loop.run(judge, count=None)
     return Proposal(data=data, text=reply.text, call_id=reply.call_id, attempts=loop.attempts,
                     messages=tuple(loop.conversation))  # fmt: skip
@@ -248,20 +255,23 @@ class _Loop:
             data: dict[str, Any] | None
             extra: Any = None
             notes: dict[str, Any] = {}
-            try:
-                data = extract_json(reply.text)
-            except ParseError as exc:
-                data, errors = None, [str(exc)]
+            truncated = reply.finish_reason == "length" and not complete_object(reply.text)
+            if truncated:
+                data, errors = None, [TRUNCATED]
             else:
-                errors, extra, notes = judge(data)
-            if errors and reply.finish_reason == "length":
-                errors.append(TRUNCATED)
+                try:
+                    data = extract_json(reply.text)
+                except ParseError as exc:
+                    data, errors = None, [str(exc)]
+                else:
+                    errors, extra, notes = judge(data)
             self._record(reply, errors, number, notes)
             if not errors and data is not None:
                 return data, reply, extra
             if number < self.max_attempts:
+                said = f"(answer cut off at the token limit after {len(reply.text)} characters)" if truncated else None
                 self.conversation += [
-                    {"role": "assistant", "content": reply.text or "(empty answer)"},
+                    {"role": "assistant", "content": said or reply.text or "(empty answer)"},
                     {"role": "user", "content": render_repair(errors, attempt=number + 1,
                                                               max_attempts=self.max_attempts, count=count)},
                 ]  # fmt: skip

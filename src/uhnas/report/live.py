@@ -1,8 +1,11 @@
-"""A rich live display of a running search, fed by the engine's progress events."""
+"""A rich live display of a running search, fed by the engine's progress events; for an LLM-guided run also
+the language model's accounting (calls, tokens, answers by verdict, LLM share of the proposals), read from the
+run's call log after each event."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -23,8 +26,10 @@ def _duration(seconds: float | None) -> str:
 class LiveDisplay:
     """Generation, evaluations, failures, hypervolume, front size, elapsed and ETA, redrawn per event."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, llm_db: Path | None = None) -> None:
         self.console = console
+        self.llm_db = llm_db
+        self.operators: list[str | None] = []  # operators of the candidates stored in this session
         self.progress = Progress(TextColumn("evaluations"), BarColumn(), MofNCompleteColumn(), console=console)
         self.task = self.progress.add_task("evaluations", total=1)
         self.state: dict[str, Any] = {
@@ -34,6 +39,7 @@ class LiveDisplay:
             "front": 0,
             "eta": None,
             "last": "",
+            "llm": None,
         }
         self.started = time.monotonic()
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
@@ -52,7 +58,25 @@ class LiveDisplay:
         table.add_row("generation", str(s["generation"]), "failures", str(s["failures"]))
         table.add_row("hypervolume", f"{s['hypervolume']:.4f}", "front size", str(s["front"]))
         table.add_row("elapsed", _duration(time.monotonic() - self.started), "ETA", _duration(s["eta"]))
+        if s["llm"] is not None:
+            acc = s["llm"]
+            p = acc["proposals"]
+            answers = ", ".join(f"{k} {v}" for k, v in acc["answers"].items()) or "none yet"
+            table.add_row("LLM calls", f"{acc['calls']} ({acc['total_tokens']:,} tokens)", "LLM proposals",
+                          f"{p['llm']}/{p['slots']} (fallback {p['fallback']})")  # fmt: skip
+            table.add_row("LLM answers", answers, "", "")
         return Group(self.progress, table, s["last"])
+
+    def _llm(self) -> None:
+        """Refresh the LLM accounting from the call log (never fails the run: a busy log is read next time)."""
+        if self.llm_db is None or not self.llm_db.exists():
+            return
+        from uhnas.llm.accounting import llm_accounting
+
+        try:
+            self.state["llm"] = llm_accounting(self.llm_db, self.operators)
+        except Exception:  # noqa: BLE001 - the display must not stop a search
+            pass
 
     def __call__(self, event: Event) -> None:
         """Consume one engine event."""
@@ -65,6 +89,7 @@ class LiveDisplay:
         elif isinstance(event, CandidateDone):
             self.progress.update(self.task, completed=event.done)
             record = event.record
+            self.operators.append(None if record.failed and record.arch is None else record.operator)
             if record.failed:
                 s["failures"] += 1
                 s["last"] = f"[red]candidate {record.generation}.{record.slot} failed:[/red] {record.reason}"
@@ -77,4 +102,6 @@ class LiveDisplay:
             s.update(hypervolume=event.hypervolume, front=event.front_size, eta=event.eta_s, failures=event.failures)
         elif isinstance(event, RunFinished):
             s.update(hypervolume=event.hypervolume, eta=0.0)
+        if not isinstance(event, (RunStarted, GenerationStarted)):
+            self._llm()
         self.live.update(self._render())

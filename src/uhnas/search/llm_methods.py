@@ -5,11 +5,13 @@ differ only in how candidates are proposed and who survives.
 
 - ``uhnas``: NSGA-II selection (binary tournament, crossover with probability ``evolution.crossover_prob``,
   constrained NSGA-II survival) with the `LLMOperator` (the init / mutate / crossover / reflect prompt
-  families of `uhnas.search.operators.llm`): the model initialises the population (one call per slot,
-  conventional top-up after ``llm.init_failures_before_fallback`` failed LLM init proposals), mutates a parent it
-  sees with clean/noisy accuracy, robustness drop, energy breakdown and violations, crosses two parents over, and
-  rewrites a bounded knowledge base of design heuristics at the end of every generation. The system prompt is
-  ``llm.system_prompt`` (hardware-aware default / generic / minimal: the paper's ablation).
+  families of `uhnas.search.operators.llm`): the model initialises the population (one call per slot), mutates a
+  parent it sees with clean/noisy accuracy, robustness drop, energy breakdown and violations (aiming at a sparse
+  energy band of the front with ``llm.steering: energy``), crosses two parents over, and rewrites a bounded
+  knowledge base of design heuristics at the end of every generation. The system prompt is ``llm.system_prompt``
+  (hardware-aware default / generic / minimal: the paper's ablation). Every slot costs at most
+  ``llm.max_calls_per_slot`` calls; a slot the model cannot fill within them is filled by the conventional
+  operator, recorded as "random-<kind>(llm-fallback)" (`uhnas.search.operators.llm_ask.SlotBudget`).
 - ``llmatic`` (after Nasir et al., 2023, "LLMatic"): quality-diversity. A MAP-Elites archive over two descriptors
   keeps the best candidate per cell (feasible before infeasible, then smaller violation, lower error, lower energy):
 
@@ -36,10 +38,11 @@ settings are derived from the validated `llm:` section (`LLMConfig.from_section`
 imports it only for an LLM-guided method, so a conventional run never loads the SDK.
 
 Faults: the prompt families turn an answer that stays invalid after its repair turns into a ProposalError (the
-engine asks again, then records the slot as failed). Every other LLM error — BudgetExceeded, LLMRetriesExhausted,
-CacheMiss, LLMUnavailable, a rejected request, a template bug — stops the run: it propagates out of `run_search`
-with every completed trial stored, and resuming (e.g. with a larger ``llm.budget_tokens``) continues where it
-stopped, re-deriving the earlier proposals from the response cache.
+engine asks again) until the slot's calls are spent, then the conventional fallback fills the slot. Every other
+LLM error — BudgetExceeded, LLMRetriesExhausted, CacheMiss, LLMUnavailable, a rejected request, a template bug —
+stops the run: it propagates out of `run_search` with every completed trial stored, and resuming (e.g. with a
+larger ``llm.budget_tokens``) continues where it stopped, re-deriving the earlier proposals from the response
+cache.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from uhnas.hardware.registry import load_backend
 from uhnas.llm.cache import ResponseCache
 from uhnas.llm.client import LLMClient, LLMConfig
 from uhnas.llm.errors import LLMError
-from uhnas.llm.prompting import llmatic_instructions
+from uhnas.llm.prompting import compact_layers, llmatic_instructions
 from uhnas.records import TrialRecord
 from uhnas.search.conventional import NSGA2, nsga2_survival
 from uhnas.search.methods import MethodSetup, SearchMethod
@@ -109,9 +112,15 @@ def _replay_source(provider: str) -> Path:
 
 
 def open_client(section: LLMSection, out: Path) -> LLMClient:
-    """A client logging into <out>/llm.db (replaying another run's log for "replay:<dir>"), checked at once."""
+    """A client logging into <out>/llm.db (replaying another run's log for "replay:<dir>"), checked at once.
+
+    When the check fails (unreachable endpoint, unknown model, bad key) nothing is left behind: the log file and
+    the run directory, if this call created them, are removed again."""
     config = LLMConfig.from_section(section)
-    db = Path(out) / LLM_DB
+    out = Path(out)
+    created = not out.exists()
+    db = out / LLM_DB
+    fresh = not db.exists()
     if section.provider.startswith(REPLAY_PREFIX):
         cache = ResponseCache(db, mode="replay", source=_replay_source(section.provider))
     else:
@@ -127,8 +136,21 @@ def open_client(section: LLMSection, out: Path) -> LLMClient:
     except BaseException:
         client.close()
         cache.close()
+        _remove_fresh(out, db, created=created, fresh=fresh)
         raise
     return client
+
+
+def _remove_fresh(out: Path, db: Path, *, created: bool, fresh: bool) -> None:
+    """Remove the call log (and its WAL files) and the run directory that a failed open_client created."""
+    if fresh:
+        for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            path.unlink(missing_ok=True)
+    if created:
+        try:
+            out.rmdir()  # only when empty: never anything else
+        except OSError:
+            pass
 
 
 def _setup_client(setup: MethodSetup, method: str) -> LLMClient:
@@ -153,8 +175,9 @@ def _shared_ask(setup: MethodSetup, method: str) -> LLMAsk:
     backend = load_backend(config.backend, list(config.backend_overrides))
     name = OPERATOR_NAMES[method]
     return LLMAsk.from_section(
-        client, section, check=backend.check, energy=backend.energy, epochs=config.training.epochs, name=name
-    )
+        client, section, check=backend.check, energy=backend.energy, epochs=config.training.epochs, name=name,
+        max_attempts=config.evolution.max_attempts,
+    )  # fmt: skip
 
 
 def _close(client: LLMClient) -> None:
@@ -181,8 +204,11 @@ class _LLMMethod:
         self._finalizer = weakref.finalize(self, _close, ask.client)
 
     def rejected(self, context: OperatorContext, proposal: Proposal | None, reason: str) -> None:
-        """The engine refused the last proposal for this slot: it is no longer pending."""
+        """The engine refused the last proposal for this slot: it is no longer pending, and a later attempt of the
+        slot sees its layers as refused (a duplicate: the engine refuses only those and invalid shapes)."""
         self.ask.pending.forget(context)
+        if proposal is not None:
+            self.ask.refuse(context, compact_layers(proposal.arch.model_dump(mode="json")), "duplicate")
 
     def observe(self, records: Sequence[TrialRecord]) -> None:
         """Results are read from the context."""
@@ -198,6 +224,8 @@ class _LLMMethod:
                 "failed": usage.failed,
                 "tokens": usage.total_tokens,
                 "replayed_calls": usage.replayed_calls,
+                "invalid_answers": self.ask.invalid_answers,
+                "fallback_slots_in_a_row": self.ask.slots.streak,
             },
         }
         return note

@@ -4,7 +4,7 @@ UH-NAS's own families (system prompt `llm.system_prompt`, the full search state:
 this generation's pending proposals, knowledge base, backend card):
 
 - `InitPrompt`      init.j2 with count 1: one architecture per slot of the initial population (the architectures
-                    proposed for earlier slots appear as recent candidates); the conventional top-up when due,
+                    proposed for earlier slots appear as recent candidates; with steering each slot names a size),
 - `MutatePrompt`    mutate.j2: one child of a parent shown with accuracy, robustness drop, energy, violations,
 - `CrossoverPrompt` crossover.j2: one child of two engine-picked parents,
 - `ReflectPrompt`   reflect.j2: at the end of every generation but the last, the model rewrites the bounded
@@ -21,33 +21,47 @@ The baselines' families (generic system prompt, no hardware context; see `uhnas.
 - `GeniusPrompt`           genius.j2: the chain's earlier proposals with their scores -> a better one.
 
 Every family renders its template from a context built by `llm_summary`, and asks through `LLMAsk.architecture`
-(validator in `llm_validate`): a slot whose answer stays invalid raises ProposalError, client failures stop the
-run. LLM text is parsed as data, never executed.
+(validator in `llm_validate`) with its conventional counterpart as the slot's fallback (random init, mutation or
+crossover of the same parents: `LLMAsk`'s slot budget decides when): a slot whose answer stays invalid raises
+ProposalError until its calls are spent, client failures stop the run. With `llm.steering: energy` the uhnas
+mutate / crossover prompts name a sparse energy band of the front as the child's target. LLM text is parsed as
+data, never executed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
-from uhnas.llm.propose import ProposalFailed
+from uhnas.llm.propose import Attempt, ProposalFailed
 from uhnas.records import TrialRecord
 from uhnas.search.operators.base import OperatorContext, Proposal
-from uhnas.search.operators.llm_ask import FALLBACK_OPERATOR, CallTally, LLMAsk
+from uhnas.search.operators.llm_ask import FALLBACK_OPERATOR, FALLBACK_SUFFIX, CallTally, Fallback, LLMAsk
 from uhnas.search.operators.llm_summary import (
     KNOWLEDGE_MAX_CHARS,
     KNOWLEDGE_MAX_ITEMS,
     RECENT_SHOWN,
     candidate_summary,
+    init_target,
     knowledge_from_notes,
     layers_only,
     layers_only_summary,
+    neighbours,
+    steer_target,
 )
-from uhnas.search.operators.llm_validate import DUPLICATE, VERDICTS, ArchValidator, heuristics_errors
+from uhnas.search.operators.llm_validate import (
+    DUPLICATE,
+    VERDICTS,
+    ArchValidator,
+    heuristics_errors,
+    real_heuristics,
+)
 
 __all__ = [
     "DUPLICATE",
     "FALLBACK_OPERATOR",
+    "FALLBACK_SUFFIX",
     "GENERIC",
     "KNOWLEDGE_MAX_CHARS",
     "KNOWLEDGE_MAX_ITEMS",
@@ -81,25 +95,25 @@ class _Family:
         self.ask = ask
         self.variant = variant
 
-    def _ask(self, context: OperatorContext, ctx: dict[str, Any], parents: tuple[int, ...], **kw: Any) -> Proposal:
-        """One architecture for this family's prompt rendered with `ctx`."""
+    def _ask(
+        self, context: OperatorContext, ctx: dict[str, Any], parents: tuple[int, ...], fallback: Fallback, **kw: Any
+    ) -> Proposal:
+        """One architecture for this family's prompt rendered with `ctx` (or the slot's conventional fallback)."""
         return self.ask.architecture(context, ctx, template=self.template, kind=self.kind, label=self.label,
-                                     variant=self.variant, parents=parents, **kw)  # fmt: skip
+                                     variant=self.variant, parents=parents, fallback=fallback, **kw)  # fmt: skip
 
 
 class InitPrompt(_Family):
-    """One architecture for the initial population (init.j2, count 1), or the conventional top-up when due."""
+    """One architecture for the initial population (init.j2, count 1); the conventional initializer as fallback."""
 
     template = kind = label = "init"
 
     def propose(self, context: OperatorContext) -> Proposal:
-        fallback = self.ask.fallback.due(context)
-        if fallback is not None:
-            return fallback
-        return self._ask(context, self._context(context), (), on_failure=lambda e: self.ask.fallback.record(context, e))
+        return self._ask(context, self._context(context), (), lambda: self.ask.conventional.initialize(context))
 
     def _context(self, context: OperatorContext) -> dict[str, Any]:
-        return {**self.ask.search_context(context), "count": 1}
+        target = init_target(context) if self.ask.steering else None
+        return {**self.ask.search_context(context), "count": 1, "target": target}
 
 
 class LLMaticInitPrompt(InitPrompt):
@@ -110,7 +124,8 @@ class LLMaticInitPrompt(InitPrompt):
 
     def _context(self, context: OperatorContext) -> dict[str, Any]:
         recent = [layers_only_summary(c) for c in self.ask.pending.before(context)][-RECENT_SHOWN:]
-        return {**self.ask.search_context(context, pending=False), "count": 1, "knowledge": [], "recent": recent}
+        return {**self.ask.search_context(context, pending=False), "count": 1, "knowledge": [], "recent": recent,
+                "target": None}  # fmt: skip
 
 
 class MutatePrompt(_Family):
@@ -119,8 +134,10 @@ class MutatePrompt(_Family):
     template = kind = label = "mutate"
 
     def propose(self, context: OperatorContext, parent: TrialRecord) -> Proposal:
-        ctx = {**self.ask.search_context(context), "parent": candidate_summary(parent)}
-        return self._ask(context, ctx, (parent.number,))
+        target = steer_target(context, parent.energy_nj) if self.ask.steering else None
+        ctx = {**self.ask.search_context(context), "parent": candidate_summary(parent), "target": target}
+        ctx["near"] = neighbours(context, [parent], _shown(ctx), self.ask.arch_of, self.ask.pending.before(context))
+        return self._ask(context, ctx, (parent.number,), lambda: self.ask.conventional.mutate(context, parent))
 
 
 class CrossoverPrompt(_Family):
@@ -129,10 +146,19 @@ class CrossoverPrompt(_Family):
     template = kind = label = "crossover"
 
     def propose(self, context: OperatorContext, first: TrialRecord, second: TrialRecord) -> Proposal:
-        return self._ask(context, self._context(context, first, second), (first.number, second.number))
+        return self._ask(context, self._context(context, first, second), (first.number, second.number),
+                         lambda: self.ask.conventional.crossover(context, first, second))  # fmt: skip
 
     def _context(self, context: OperatorContext, first: TrialRecord, second: TrialRecord) -> dict[str, Any]:
-        return {**self.ask.search_context(context), "parents": [candidate_summary(first), candidate_summary(second)]}
+        target = None
+        if self.ask.steering:
+            energies = [e for e in (first.energy_nj, second.energy_nj) if e is not None and e > 0]
+            target = steer_target(context, math.prod(energies) ** (1 / len(energies)) if energies else None)
+        ctx = {**self.ask.search_context(context), "parents": [candidate_summary(first), candidate_summary(second)],
+               "target": target}  # fmt: skip
+        ctx["near"] = neighbours(context, [first, second], _shown(ctx), self.ask.arch_of,
+                                 self.ask.pending.before(context))  # fmt: skip
+        return ctx
 
 
 class LLMaticCrossoverPrompt(CrossoverPrompt):
@@ -145,7 +171,7 @@ class LLMaticCrossoverPrompt(CrossoverPrompt):
 
     def _context(self, context: OperatorContext, first: TrialRecord, second: TrialRecord) -> dict[str, Any]:
         return {**self.ask.search_context(context, pending=False), "front": [], "recent": [], "knowledge": [],
-                "parents": [layers_only(first), layers_only(second)]}  # fmt: skip
+                "parents": [layers_only(first), layers_only(second)], "target": None}  # fmt: skip
 
 
 class LLMaticMutatePrompt(_Family):
@@ -160,12 +186,13 @@ class LLMaticMutatePrompt(_Family):
     def propose(self, context: OperatorContext, parent: TrialRecord, instruction: int) -> Proposal:
         ctx = {**self.ask.task_context(context), "schema": self.ask.schema, "parent": candidate_summary(parent),
                "instruction": instruction}  # fmt: skip
-        return self._ask(context, ctx, (parent.number,), extra={"instruction": instruction})
+        return self._ask(context, ctx, (parent.number,), lambda: self.ask.conventional.mutate(context, parent),
+                         extra={"instruction": instruction})  # fmt: skip
 
 
 class GeniusPrompt(_Family):
-    """GENIUS: the chain's earlier proposals (oldest first) with their scores -> a better one; the initial
-    population's conventional top-up when due."""
+    """GENIUS: the chain's earlier proposals (oldest first) with their scores -> a better one. Networks the
+    conventional fallback filled in are not the model's proposals: they are not shown as its history."""
 
     template = kind = "genius"
     label = "refine"
@@ -174,12 +201,18 @@ class GeniusPrompt(_Family):
         super().__init__(ask, GENERIC)
 
     def propose(self, context: OperatorContext, chain: Sequence[TrialRecord]) -> Proposal:
-        fallback = self.ask.fallback.due(context)
-        if fallback is not None:
-            return fallback
-        history = [candidate_summary(r) for r in chain if r.arch is not None] + self.ask.pending.before(context)
+        own = [r for r in chain if r.arch is not None and not (r.operator or "").endswith(FALLBACK_SUFFIX)]
+        pending = [p for p in self.ask.pending.before(context) if p.get("own", True)]
+        history = [candidate_summary(r) for r in own] + pending
         ctx = {**self.ask.task_context(context), "schema": self.ask.schema, "history": history}
-        return self._ask(context, ctx, (), on_failure=lambda e: self.ask.fallback.record(context, e))
+        return self._ask(context, ctx, (), lambda: self._fallback(context, chain))
+
+    def _fallback(self, context: OperatorContext, chain: Sequence[TrialRecord]) -> Proposal:
+        """A conventional mutation of the chain's latest evaluated network (the initializer before there is one)."""
+        evaluated = [r for r in chain if r.arch is not None and not r.failed]
+        if not evaluated:
+            return self.ask.conventional.initialize(context)
+        return self.ask.conventional.mutate(context, evaluated[-1])
 
 
 class ReflectPrompt(_Family):
@@ -191,21 +224,39 @@ class ReflectPrompt(_Family):
         kb = self.ask.knowledge(context)
         if context.generation >= context.generations:
             return {"knowledge": kb.to_list(), "reflected": False}
+        if self.ask.slots.falling_back:  # the model gave no valid architecture lately: its heuristics would not help
+            return {"knowledge": kb.to_list(), "reflected": False, "skipped": "the LLM operator is falling back"}
         ctx = {**self.ask.search_context(context, pending=False), "knowledge_max_items": kb.max_items,
                "knowledge_max_chars": kb.max_chars}  # fmt: skip
         messages = self.ask.render(self.template, ctx, self.variant)
         seed = self.ask.seed(context, self.kind, slot=-1, attempt=0)
         meta = {"generation": context.generation, "kind": self.kind, "operator": self.ask.name, "seed": seed}
         tally = CallTally()
+        prompt = messages[-1]["content"].split("## Your task", 1)[-1]  # the instructions (not the kept heuristics)
         try:
-            found = self.ask.call(messages, validate=heuristics_errors, schema=kb.schema(), purpose=self.kind,
-                                  meta=meta, seed=seed)  # fmt: skip
+            found = self.ask.call(messages, validate=lambda data: heuristics_errors(data, prompt), schema=kb.schema(),
+                                  purpose=self.kind, meta=meta, seed=seed, max_repairs=min(self.ask.max_repairs, 1),
+                                  schema_name="knowledge")  # fmt: skip
         except ProposalFailed as exc:
-            tally.add(exc.attempts, ["malformed" if a.errors else "valid" for a in exc.attempts])
+            tally.add(exc.attempts, [_reflect_verdict(a) for a in exc.attempts])
+            self.ask._annotate(exc.attempts, tally.verdicts)
             return {"knowledge": kb.to_list(), "reflected": False, "error": str(exc), "llm": tally.to_dict()}
-        tally.add(found.attempts, ["malformed" if a.errors else "valid" for a in found.attempts])
-        update = kb.replace(found.data["heuristics"])
+        tally.add(found.attempts, [_reflect_verdict(a) for a in found.attempts])
+        self.ask._annotate(found.attempts, tally.verdicts)
+        update = kb.replace(real_heuristics(found.data["heuristics"], prompt))
         return {"knowledge": kb.to_list(), "reflected": True, "update": update.to_dict(), "llm": tally.to_dict()}
+
+
+def _shown(ctx: dict[str, Any]) -> set[Any]:
+    """Trial numbers a prompt context already lists (front and recent)."""
+    return {c.get("trial") for c in (*ctx.get("front", ()), *ctx.get("recent", ()))}
+
+
+def _reflect_verdict(attempt: Attempt) -> str:
+    """valid, truncated (cut off at the token limit) or malformed (incl. placeholders) for a reflect answer."""
+    if not attempt.errors:
+        return "valid"
+    return "truncated" if attempt.finish_reason == "length" else "malformed"
 
 
 class LLMOperator:

@@ -3,6 +3,14 @@
 Built only from the `OperatorContext` (stored records, the backend card, earlier reflections) and from the
 proposals already made in the same generation, so a resumed or replayed run renders byte-identical requests and
 is served from the response cache. The summary format is the prompt layer's contract (`uhnas.llm.prompting`).
+
+Niche steering (`llm.steering: energy`, the default): LLM proposals tend to collapse onto similar designs unless
+steered. Each mutate / crossover prompt names a target energy band where the current front is sparse: the front's
+energies in log10 space, extended half a decade below the cheapest and a third of a decade above the costliest
+member, split at the members into gaps; the widest `STEER_BANDS` gaps are the targets, and consecutive slots rotate
+over them (slot k of the run takes gap k mod n). The prompt also says how the band compares with the parent's
+energy ("about 3x less: make it smaller"), which a small model can act on. Initial-population slots rotate over
+size classes instead (no front yet). Everything is computed from the records, so it replays exactly.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from uhnas.arch import analyze, arch_hash
+from uhnas.arch import Architecture, analyze, arch_hash, structural_distance
 from uhnas.arch.model import MAX_CHANNELS, MAX_KERNEL, MAX_LAYERS, MAX_MACS, MAX_PARAMS, MAX_WIDTH
 from uhnas.arch.shapes import ArchSummary
 from uhnas.hardware.card import EnergyReport, Violation
@@ -32,15 +40,28 @@ __all__ = [
     "knowledge_from_notes",
     "layers_only",
     "layers_only_summary",
+    "neighbours",
+    "energy_bands",
+    "init_target",
     "pending_summary",
     "search_context",
+    "steer_target",
     "task_context",
 ]
 
-KNOWLEDGE_MAX_ITEMS = 12
-KNOWLEDGE_MAX_CHARS = 240
-RECENT_SHOWN = 8  # newest candidates passed as `recent` (the template shows the first 8 it gets), front excluded
-FRONT_SHOWN = 16  # front members passed (evenly spaced by energy when the front is larger)
+KNOWLEDGE_MAX_ITEMS = 8
+KNOWLEDGE_MAX_CHARS = 200
+RECENT_SHOWN = 3  # newest candidates passed as `recent` (the template shows the first 3 it gets), front excluded
+FRONT_SHOWN = 6  # front members passed (evenly spaced by energy when the front is larger)
+STEER_BANDS = 4  # widest gaps of the front (log energy) the targets rotate over
+STEER_BELOW_DECADES = 0.5  # how far below the cheapest front member the lowest band reaches
+STEER_ABOVE_DECADES = 0.33  # how far above the costliest one the highest band reaches
+INIT_SIZES = (
+    "a tiny network (under 1,000 parameters)",
+    "a small network (1,000-5,000 parameters)",
+    "a medium network (5,000-20,000 parameters)",
+    "a larger network (20,000-100,000 parameters), within the hardware limits",
+)
 LIMITS: dict[str, int] = {
     "max_layers": MAX_LAYERS,
     "max_width": MAX_WIDTH,
@@ -87,7 +108,7 @@ def candidate_summary(record: TrialRecord) -> dict[str, Any]:
         "violations": list(ev.get("violations") or []),
         "feasible": record.feasible,
         "rationale": record.rationale,
-        "name": arch.get("name"),
+        "layers_json": list(arch.get("layers") or []),
     }
     if record.failed:
         summary["failure"] = record.reason or "evaluation failed"
@@ -110,14 +131,15 @@ def pending_summary(
         "energy_breakdown_nj": {} if report is None else dict(report.breakdown_nj),
         "params": summary.params, "macs": summary.macs,
         "violations": violations, "feasible": not violations,
-        "rationale": proposal.rationale, "name": proposal.arch.name,
+        "rationale": proposal.rationale,
+        "layers_json": proposal.arch.model_dump(mode="json")["layers"],
     }  # fmt: skip
 
 
 def layers_only_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     """A candidate summary with the layers only: scores, energy and rationale blanked (LLMatic shows code only)."""
     blank = ("error", "clean_accuracy", "noisy_accuracy", "noisy_p5", "robustness_drop", "energy_nj", "rationale",
-             "name", "params", "macs")  # fmt: skip
+             "params", "macs")  # fmt: skip
     out = {**summary, **dict.fromkeys(blank), "energy_breakdown_nj": {}, "violations": [], "feasible": True}
     out.pop("failure", None)
     return out
@@ -166,6 +188,7 @@ def search_context(
     schema: dict[str, Any],
     pending: Sequence[dict[str, Any]],
     knowledge: KnowledgeBase,
+    rejected: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """The search state every UH-NAS prompt shows: front, recent candidates followed by `pending` (this
     generation's proposals not evaluated yet), knowledge, generation, backend card and the architecture schema."""
@@ -183,5 +206,78 @@ def search_context(
         "knowledge": knowledge.to_list(),
         "generation": context.generation,
         "generations": context.generations,
-        "rejected": list(context.rejected),
+        "rejected": list(rejected),
+        "target": None,
     }
+
+
+def energy_bands(energies: Sequence[float], bands: int = STEER_BANDS) -> list[tuple[float, float]]:
+    """The widest gaps (nJ, low to high) of the front's energies in log space, widest first (see module docs)."""
+    logs = sorted({math.log10(e) for e in energies if _finite(e) is not None and e > 0})
+    if not logs:
+        return []
+    edges = [logs[0] - STEER_BELOW_DECADES, *logs, logs[-1] + STEER_ABOVE_DECADES]
+    gaps = sorted(range(len(edges) - 1), key=lambda i: (-(edges[i + 1] - edges[i]), i))[:bands]
+    return [(10 ** edges[i], 10 ** edges[i + 1]) for i in gaps]
+
+
+def _nj(value: float) -> str:
+    """An energy rounded to two significant digits, without exponent notation (a small model reads 140,000)."""
+    rounded = float(f"{value:.2g}")
+    return f"{rounded:,.0f}" if rounded >= 10 else f"{rounded:g}"
+
+
+def steer_target(context: OperatorContext, parent_energy: float | None) -> str | None:
+    """The target of this slot's child: a sparse energy band of the front, rotating over the widest gaps with the
+    slot, and how it compares with the parent's energy (None when the front is empty)."""
+    bands = energy_bands([r.energy_nj for r in context.front if r.energy_nj is not None])
+    if not bands:
+        return None
+    index = max(0, context.generation - 1) * context.offspring + context.slot
+    lo, hi = bands[index % len(bands)]
+    text = f"aim the child at an energy of {_nj(lo)}-{_nj(hi)} nJ, where the front has no network"
+    if parent_energy is None or not parent_energy > 0:
+        return text + "."
+    ratio = math.sqrt(lo * hi) / parent_energy
+    if ratio < 0.7:
+        return text + f": about {1 / ratio:.2g}x less than the parent's, so make it smaller (narrower or fewer layers)."
+    if ratio > 1.4:
+        return text + f": about {ratio:.2g}x the parent's, so make it larger (wider or one more layer)."
+    return text + ": about the parent's energy, so keep its size and improve its accuracy."
+
+
+NEIGHBOURS_SHOWN = 5  # evaluated networks nearest to the parent(s), listed so the model does not repeat them
+NEIGHBOUR_DISTANCE = 2.0  # at most this structural distance (about two layer edits) from a parent
+
+
+def neighbours(
+    context: OperatorContext,
+    parents: Sequence[TrialRecord],
+    shown: set[Any],
+    arch_of: Callable[[TrialRecord], Architecture],
+    pending: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Evaluated (and this generation's pending) networks within NEIGHBOUR_DISTANCE of a parent, nearest first, not
+    shown elsewhere in the prompt: the near-duplicates a one-edit child would repeat (a repeat costs a repair call)."""
+    own = [arch_of(p) for p in parents if p.arch is not None]
+    found: list[tuple[float, int, dict[str, Any]]] = []
+    for order, record in enumerate(context.history):
+        if record.arch is None or record.number in shown or any(record.number == p.number for p in parents):
+            continue
+        distance = min((structural_distance(a, arch_of(record)) for a in own), default=math.inf)
+        if distance <= NEIGHBOUR_DISTANCE:
+            found.append((distance, order, candidate_summary(record)))
+    for order, summary in enumerate(pending, start=len(context.history)):
+        if summary.get("trial") in shown:
+            continue
+        arch = Architecture.model_validate({"layers": summary.get("layers_json") or []})
+        distance = min((structural_distance(a, arch) for a in own), default=math.inf)
+        if distance <= NEIGHBOUR_DISTANCE:
+            found.append((distance, order, summary))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return [summary for _, _, summary in found[:NEIGHBOURS_SHOWN]]
+
+
+def init_target(context: OperatorContext) -> str:
+    """The size class an initial-population slot aims at, rotating with the slot so the population spans sizes."""
+    return f"this slot asks for {INIT_SIZES[context.slot % len(INIT_SIZES)]}."

@@ -4,21 +4,27 @@ An architecture answer is checked in order
 
 1. structure — top-level keys, layer types and layer fields (model-written keys are quoted in the error),
 2. schema — the pydantic IR (`parse_architecture`),
-3. shapes — `analyze()` for the dataset's input shape and class count,
+3. shapes — every shape error at once (`shape_report`: `analyze()` is run again after each problem with a
+   stand-in fix, so one repair turn lists all of them, each with what to change),
 4. hardware — `backend.check()` constraint violations, stating limit and actual,
 5. novelty — `context.is_known(hash)`: "duplicate of an already evaluated architecture; propose a different one",
 
-and each verdict (malformed / schema / shape / constraint / duplicate / valid) is remembered for the call log.
-The layer vocabulary is read from the IR's layer classes, never copied. Validation is deterministic for a given
-answer, so a replayed run rebuilds the same repair conversation.
+and each verdict (malformed / truncated / schema / shape / constraint / duplicate / valid / autofixed) is
+remembered for the call log. With `autofix` on, an answer whose only problems are the two trivial shape errors —
+a missing `flatten` before a linear layer on an image input, or a classifier that is missing or has the wrong
+width — is accepted with those fixed, under the verdict "autofixed" (the fixes are recorded), so the model's raw
+ability stays measurable. The layer vocabulary is read from the IR's layer classes, never copied. Validation is
+deterministic for a given answer, so a replayed run rebuilds the same repair conversation.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from uhnas.arch import LAYER_TYPES, ArchitectureError, analyze, arch_hash, parse_architecture
+from uhnas.arch import LAYER_TYPES, Architecture, ArchitectureError, analyze, arch_hash, parse_architecture
 from uhnas.arch.model import (
     MAX_NAME,
     MAX_TEXT,
@@ -33,15 +39,34 @@ from uhnas.arch.model import (
 )
 from uhnas.hardware.card import Violation
 from uhnas.llm.errors import one_line
-from uhnas.llm.prompting import quote
+from uhnas.llm.knowledge import placeholder
+from uhnas.llm.prompting import compact_layers, quote
 from uhnas.llm.propose import ERROR_CHARS, Attempt
 from uhnas.search.operators.base import OperatorContext
 from uhnas.search.operators.llm_summary import Checker
 
-__all__ = ["DUPLICATE", "VERDICTS", "ArchValidator", "heuristics_errors", "normalise"]
+__all__ = [
+    "ACCEPTED",
+    "DUPLICATE",
+    "VERDICTS",
+    "ArchValidator",
+    "ShapeReport",
+    "echoed",
+    "heuristics_errors",
+    "normalise",
+    "real_heuristics",
+    "shape_report",
+]
 
-VERDICTS = ("valid", "malformed", "schema", "shape", "constraint", "duplicate")
+VERDICTS = ("valid", "autofixed", "malformed", "truncated", "schema", "shape", "constraint", "duplicate")
+ACCEPTED = ("valid", "autofixed")  # verdicts of an answer that became a proposal
+MAX_SHAPE_ERRORS = 8
+_AT_LAYER = re.compile(r"^layer (\d+) \((\w+)\)(.*)$")
 DUPLICATE = "duplicate of an already evaluated architecture; propose a different one"
+DUPLICATE_HINT = (
+    "change at least one layer of it (a width, a channel count, an activation, or add or remove a layer) so that "
+    "it is a new network"
+)
 TOP_LEVEL_KEYS = ("name", "rationale", "layers")
 MAX_STRUCTURE_ERRORS = 5
 _LAYER_FIELDS: dict[str, tuple[str, ...]] = {
@@ -91,15 +116,102 @@ def _violation_error(v: Violation) -> str:
     )
 
 
+@dataclass
+class ShapeReport:
+    """Every shape problem of an architecture (original layer indices) and, when all of them are trivial, the
+    layers with them fixed."""
+
+    errors: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)  # what the trivial fixes did, in order
+    fixed: list[dict[str, Any]] | None = None  # the layers with the trivial fixes applied (None: not all trivial)
+
+
+def shape_report(arch: Architecture, input_shape: tuple[int, ...], num_classes: int) -> ShapeReport:
+    """All shape errors of `arch` at once: `analyze()` names the first problem; a stand-in fix (insert the
+    missing flatten, drop an impossible layer, fix the classifier) lets it find the next one. Errors name the
+    layers by their index in the answer and say what to change."""
+    layers: list[dict[str, Any]] = [layer.model_dump(mode="json") for layer in arch.layers]
+    origin: list[int | None] = list(range(len(layers)))  # index in the answer; None = inserted by a fix
+    report = ShapeReport()
+    trivial = True
+    shape = "x".join(str(d) for d in input_shape)
+    for _ in range(len(layers) + 4):
+        try:
+            analyze(Architecture(layers=layers), input_shape, num_classes)  # type: ignore[arg-type]
+            break
+        except ArchitectureError as exc:
+            message = str(exc)
+        except ValueError:  # a fix pushed the network past the IR's limits (e.g. too many layers)
+            trivial = False
+            break
+        found = _AT_LAYER.match(message)
+        if found is None:  # the output or a whole-network limit
+            if message.startswith("output shape"):
+                report.errors.append(message)
+                report.fixes.append(_fix_classifier(layers, num_classes))
+                continue
+            report.errors.append(message)
+            trivial = False
+            break
+        index, kind, rest = int(found.group(1)), found.group(2), found.group(3)
+        where = f"layer {origin[index]} ({kind})" if origin[index] is not None else f"a layer ({kind})"
+        if "insert a flatten layer" in rest:
+            report.errors.append(f"{where}{rest} (the input is {shape}: flatten it before the first linear layer)")
+            layers.insert(index, {"type": "flatten"})
+            origin.insert(index, None)
+            report.fixes.append(f"inserted a flatten layer before layer {origin[index + 1]}")
+            continue
+        if "input is flat" in rest:
+            rest += "; conv2d and pooling layers must come before the flatten layer, not after it"
+        elif "is larger than" in rest:
+            rest += "; remove this layer (each pooling or stride-2 layer halves the image, so few of them fit)"
+        report.errors.append(f"{where}{rest}")
+        trivial = False
+        del layers[index]
+        del origin[index]
+        if not layers:
+            break
+    report.errors = report.errors[:MAX_SHAPE_ERRORS]
+    if trivial and report.errors:
+        report.fixed = layers
+    return report
+
+
+def _fix_classifier(layers: list[dict[str, Any]], num_classes: int) -> str:
+    """Make the network end with a linear layer of `num_classes` outputs (resize the last linear layer or append
+    one, after a flatten when the output is still an image); say what was done."""
+    last = layers[-1] if layers else {}
+    if last.get("type") == "linear":
+        old = last.get("out_features")
+        layers[-1] = {**last, "out_features": num_classes}
+        return f"resized the last linear layer from {old} to {num_classes} outputs"
+    added = [{"type": "linear", "out_features": num_classes, "bias": True}]
+    if any(layer.get("type") in ("conv2d", "maxpool", "avgpool") for layer in layers) and not any(
+        layer.get("type") == "flatten" for layer in layers
+    ):
+        added.insert(0, {"type": "flatten"})
+    layers.extend(added)
+    return f"appended {'a flatten and ' if len(added) > 1 else ''}a linear layer with {num_classes} outputs"
+
+
 class ArchValidator:
     """The propose() callback for one architecture answer; remembers each verdict for the call log."""
 
-    def __init__(self, context: OperatorContext, check: Checker) -> None:
+    def __init__(
+        self, context: OperatorContext, check: Checker, *, autofix: bool = False, parents: tuple[int, ...] = ()
+    ) -> None:
         self.context = context
         self.check = check
+        self.autofix = autofix
+        self.parents = parents  # trial numbers of the parents (a repeated parent is named as such)
         self.verdicts: list[tuple[str, tuple[str, ...]]] = []
+        self.fixed: dict[str, Any] | None = None  # the last answer with its trivial shape errors fixed
+        self.fixes: list[str] = []
+        self.last_layers: str | None = None  # compact layers of the last answer judged (for the refused list)
 
     def __call__(self, data: dict[str, Any]) -> list[str]:
+        layers = data.get("layers") if isinstance(data, dict) else None
+        self.last_layers = compact_layers(data) if isinstance(layers, list) and layers else None
         verdict, errors = self.judge(data)
         self.verdicts.append((verdict, tuple(errors)))
         return errors
@@ -107,6 +219,7 @@ class ArchValidator:
     def judge(self, data: Mapping[str, Any]) -> tuple[str, list[str]]:
         """(verdict, one-line errors) of one decoded answer."""
         data = normalise(data)
+        self.fixed, self.fixes = None, []
         errors = _structure_errors(data)
         if errors:
             return "schema", [one_line(e, ERROR_CHARS) for e in errors]
@@ -114,21 +227,45 @@ class ArchValidator:
             arch = parse_architecture(data)
         except ArchitectureError as exc:
             return "schema", [one_line(exc, ERROR_CHARS)]
-        try:
-            summary = analyze(arch, self.context.input_shape, self.context.num_classes)
-        except ArchitectureError as exc:
-            shape = "x".join(str(d) for d in self.context.input_shape)
-            return "shape", [one_line(f"{exc} (input {shape}, {self.context.num_classes} classes)", ERROR_CHARS)]
+        report = shape_report(arch, self.context.input_shape, self.context.num_classes)
+        if not report.errors:
+            return self._novel(arch)
+        errors = [one_line(e, ERROR_CHARS) for e in report.errors]
+        if self.autofix and report.fixed is not None:
+            fixed = {**data, "layers": report.fixed}
+            try:
+                verdict, more = self._novel(parse_architecture(fixed))
+            except ArchitectureError as exc:
+                verdict, more = "schema", [one_line(exc, ERROR_CHARS)]
+            if verdict == "valid":
+                self.fixed, self.fixes = fixed, report.fixes
+                return "autofixed", []
+            errors += [f"with those fixed: {e}" for e in more]
+        return "shape", errors
+
+    def _novel(self, arch: Architecture) -> tuple[str, list[str]]:
+        """Constraint and duplicate checks of a well-shaped architecture."""
+        summary = analyze(arch, self.context.input_shape, self.context.num_classes)
         violations = list(self.check(summary))
         if violations:
             return "constraint", [one_line(_violation_error(v), ERROR_CHARS) for v in violations]
-        if self.context.is_known(arch_hash(arch)):
-            return "duplicate", [DUPLICATE]
+        key = arch_hash(arch)
+        if self.context.is_known(key):
+            return "duplicate", [f"{DUPLICATE}: it is {self._which(key)}; {DUPLICATE_HINT}"]
         return "valid", []
+
+    def _which(self, key: str) -> str:
+        """Which known network an answer repeats: a trial (the parent, when it is one) or a pending proposal."""
+        parents = set(self.parents)
+        for record in self.context.history:
+            if record.hash == key:
+                return f"#{record.number}" + (" (a parent)" if record.number in parents else "")
+        return "a network already proposed in this generation"
 
     def classify(self, attempts: Sequence[Attempt]) -> list[str]:
         """The verdict of every attempt, in order. The validator ran once for each attempt whose answer held a
-        JSON object; an attempt it did not run for had none: malformed."""
+        complete JSON object; an attempt it did not run for had none: truncated (cut off at the token limit) or
+        malformed."""
         out: list[str] = []
         verdicts = iter(self.verdicts)
         upcoming = next(verdicts, None)
@@ -137,7 +274,7 @@ class ArchValidator:
                 out.append(upcoming[0])
                 upcoming = next(verdicts, None)
             else:
-                out.append("malformed")
+                out.append("truncated" if attempt.finish_reason == "length" else "malformed")
         return out
 
 
@@ -148,11 +285,25 @@ def _matches(logged: tuple[str, ...], judged: tuple[str, ...]) -> bool:
     return logged[: len(judged)] == judged
 
 
-def heuristics_errors(data: dict[str, Any]) -> list[str]:
-    """Validation of a reflect answer: a list of strings under "heuristics"."""
+def echoed(text: str, prompt: str) -> bool:
+    """True when a heuristic only repeats words of the prompt's own text (a model copying its instructions)."""
+    flat = " ".join(text.casefold().split()).strip(" .;,!")
+    return bool(flat) and flat in " ".join(prompt.casefold().split())
+
+
+def real_heuristics(items: Sequence[Any], prompt: str = "") -> list[str]:
+    """The items of a reflect answer that are heuristics: strings, not placeholders, not echoes of `prompt`."""
+    return [i for i in items if isinstance(i, str) and not placeholder(i) and not (prompt and echoed(i, prompt))]
+
+
+def heuristics_errors(data: dict[str, Any], prompt: str = "") -> list[str]:
+    """Validation of a reflect answer: a list of real heuristics under "heuristics" (the answer format's
+    placeholder "...", other non-sentences and text copied from the prompt are refused, so they never become
+    knowledge)."""
     items = data.get("heuristics")
     if not isinstance(items, list):
         return ['answer must be {"heuristics": ["...", ...]}: a JSON object holding a list of strings']
-    if not any(isinstance(i, str) and i.strip() for i in items):
-        return ['"heuristics" holds no non-empty string']
+    if not real_heuristics(items, prompt):
+        return ['"heuristics" holds no real heuristic: write each as one specific sentence of your own (at least '
+                "4 words, not copied from this message)"]  # fmt: skip
     return []
