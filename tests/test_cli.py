@@ -145,3 +145,24 @@ def test_entry_point_runs_as_a_program():
         timeout=120,
     )
     assert result.returncode == 0 and json.loads(result.stdout)["params"] == 4810
+
+
+def test_the_front_table_is_readable_at_80_columns():
+    from rich.console import Console
+
+    from uhnas.cli import _front_table
+
+    layers = "flatten | linear 512 | batchnorm | relu | dropout 0.2 | linear 256 | gelu | linear 10"
+    row = {
+        "trial": 123, "error": 0.0243, "accuracy_noisy_mean": 0.9757, "accuracy_noisy_p5": 0.9750,
+        "accuracy_clean": 0.975, "energy_nj": 1817654.3, "params": 39434, "layers": layers,
+    }  # fmt: skip
+    console = Console(width=80, record=True, color_system=None)
+    console.print(_front_table([row, {**row, "trial": 7, "layers": "linear [bold]10"}], "Pareto front"))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    body = [line for line in lines if "123" in line or " 7 " in line]
+    assert len(body) == 2  # one line per member: nothing wrapped
+    assert "flatten | line" in body[0] and "…" in body[0]  # the layer sequence shortened, not folded
+    assert "0.0243" in body[0] and "1.82e+06" in body[0] and "39,434" in body[0]
+    assert "linear [bold]10" in body[1]  # model-written text is shown, never read as markup

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -358,21 +359,29 @@ def _front_rows(records: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _front_table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("trial", "hash", "error", "noisy acc (p5)", "clean acc", "energy nJ", "params", "layers"):
-        table.add_column(column, justify="left" if column in ("hash", "layers") else "right", overflow="fold")
-    for row in rows:
-        table.add_row(
+def _front_table(rows: list[dict[str, Any]], title: str, width: int = 80) -> Table:
+    """The front as a table that fits `width` columns: numbers never wrap or shrink, and the layer sequence takes
+    the remaining width on one line, shortened with an ellipsis (the whole architecture is in `--json`)."""
+    headers = ("trial", "error", "noisy (p5)", "clean", "nJ", "params")
+    cells = [
+        (
             str(row["trial"]),
-            row["hash"],
             f"{row['error']:.4f}",
-            f"{row['accuracy_noisy_mean']:.4f} ({row['accuracy_noisy_p5']:.4f})",
-            f"{row['accuracy_clean']:.4f}",
-            f"{row['energy_nj']:.4g}",
+            f"{row['accuracy_noisy_mean']:.3f} ({row['accuracy_noisy_p5']:.3f})",
+            f"{row['accuracy_clean']:.3f}",
+            f"{row['energy_nj']:.3g}",
             _fmt_int(row["params"] or 0),
-            row["layers"],
         )
+        for row in rows
+    ]
+    widths = [max([len(header)] + [len(c[i]) for c in cells]) for i, header in enumerate(headers)]
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, expand=False)
+    for header, column_width in zip(headers, widths):
+        table.add_column(header, justify="right", no_wrap=True, width=column_width)
+    layers_width = max(10, width - sum(w + 3 for w in widths) - 2)  # each column: its text, padding and a gap
+    table.add_column("layers", no_wrap=True, overflow="ellipsis", width=layers_width)
+    for row, numbers in zip(rows, cells):
+        table.add_row(*numbers, escape(row["layers"]))
     return table
 
 
@@ -525,7 +534,9 @@ def search(
         if as_json:
             _print_json({"out": str(run_dir), "front": rows, "summary": summary, "pareto_png": str(plot)})
             return
-        console.print(_front_table(rows, f"Pareto front ({len(rows)} of {len(result.records)} candidates)"))
+        console.print(
+            _front_table(rows, f"Pareto front ({len(rows)} of {len(result.records)} candidates)", console.width)
+        )
         console.print(
             f"hypervolume {result.hypervolume:.4f}; plot {plot}; dashboard: optuna-dashboard sqlite:///{run_dir}/study.db"
         )
@@ -612,7 +623,7 @@ def pareto(
         if as_json:
             _print_json(rows)
             return
-        console.print(_front_table(rows, f"Pareto front of {out} ({len(rows)} members)"))
+        console.print(_front_table(rows, f"Pareto front of {out} ({len(rows)} members)", console.width))
 
 
 # --------------------------------------------------------------------------------------- prompts
