@@ -166,3 +166,20 @@ def test_the_front_table_is_readable_at_80_columns():
     assert "flatten | line" in body[0] and "…" in body[0]  # the layer sequence shortened, not folded
     assert "0.0243" in body[0] and "1.82e+06" in body[0] and "39,434" in body[0]
     assert "linear [bold]10" in body[1]  # model-written text is shown, never read as markup
+
+
+def test_the_live_display_names_the_generation_being_proposed_and_shows_reasons_verbatim():
+    from rich.console import Console
+
+    from uhnas.records import TrialRecord
+    from uhnas.report.live import LiveDisplay
+    from uhnas.search.events import CandidateDone, GenerationProposing, RunStarted
+
+    console = Console(width=100, record=True, color_system=None, force_terminal=False)
+    with LiveDisplay(console) as display:
+        display(RunStarted("nsga2", "out", 12, 0, 4, 2, 4, False, "ideal", "digits", 0, (1.0, 3.0)))
+        display(GenerationProposing(1, 2, 4))
+        assert display.state["generation"] == "1/2 (proposing 4)"
+        failed = TrialRecord(generation=1, slot=0, state="FAIL", reason="[bold]shape[/bold] error")
+        display(CandidateDone(failed, 1, 5, 12, 1.0, kind="candidate_failed"))
+    assert "[bold]shape[/bold] error" in console.export_text()

@@ -10,10 +10,19 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from uhnas.search.events import CandidateDone, Event, GenerationDone, GenerationStarted, RunFinished, RunStarted
+from uhnas.search.events import (
+    CandidateDone,
+    Event,
+    GenerationDone,
+    GenerationProposing,
+    GenerationStarted,
+    RunFinished,
+    RunStarted,
+)
 
 
 def _duration(seconds: float | None) -> str:
@@ -84,6 +93,8 @@ class LiveDisplay:
         if isinstance(event, RunStarted):
             self.progress.update(self.task, total=event.budget, completed=event.done)
             s["generation"] = f"0/{event.generations}"
+        elif isinstance(event, GenerationProposing):
+            s["generation"] = f"{event.generation}/{event.generations} (proposing {event.slots})"
         elif isinstance(event, GenerationStarted):
             s["generation"] = f"{event.generation}/{event.generations}"
         elif isinstance(event, CandidateDone):
@@ -92,16 +103,18 @@ class LiveDisplay:
             self.operators.append(None if record.failed and record.arch is None else record.operator)
             if record.failed:
                 s["failures"] += 1
-                s["last"] = f"[red]candidate {record.generation}.{record.slot} failed:[/red] {record.reason}"
+                s["last"] = (
+                    f"[red]candidate {record.generation}.{record.slot} failed:[/red] {escape(str(record.reason))}"
+                )
             else:
                 s["last"] = (
                     f"candidate {record.generation}.{record.slot}: error {record.error:.4f}, "
-                    f"{record.energy_nj:.4g} nJ ({record.operator})"
+                    f"{record.energy_nj:.4g} nJ ({escape(str(record.operator))})"
                 )
         elif isinstance(event, GenerationDone):
             s.update(hypervolume=event.hypervolume, front=event.front_size, eta=event.eta_s, failures=event.failures)
         elif isinstance(event, RunFinished):
             s.update(hypervolume=event.hypervolume, eta=0.0)
-        if not isinstance(event, (RunStarted, GenerationStarted)):
+        if not isinstance(event, (RunStarted, GenerationProposing, GenerationStarted)):
             self._llm()
         self.live.update(self._render())
