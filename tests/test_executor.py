@@ -33,7 +33,7 @@ SETTINGS = EvalSettings.from_config(
     load_config(None, ["backend=gpu-b200-fp16", "training.epochs=1", "training.batch_size=128", "mc=2"])
 )
 TIMEOUT_S = 3.0  # s: the short timeout, only ever around jobs that sleep (must time out) or return at once
-JOB_TIMEOUT_S = 600.0  # s: around real digits jobs (~0.1-1 s each; a Ray worker on a saturated 2-core machine took > 120 s)
+JOB_TIMEOUT_S = 600.0  # s: around real digits jobs (~0.1-1 s each; a Ray worker on a loaded machine took > 120 s)
 LIMIT_MB = 1024  # MB: above a worker with torch loaded running a digits job (~0.5 GB resident)
 SLEEP_S = 600.0  # s a sleeping job sleeps: far beyond any timeout here, only a kill ends it
 GONE_WITHIN_S = 30.0  # s for killed workers to disappear (checked often; the margin is only spent on a failure)
