@@ -191,11 +191,17 @@ def _shape_rules(task: Mapping[str, Any]) -> str:
     classes = int(task["num_classes"])
     last = f'2. The last layer is {{"type": "linear", "out_features": {classes}, "bias": true}} ({classes} classes).'
     if len(shape) == 3:
+        side = min(shape[1], shape[2])
+        halvings = max(0, int(math.log2(side))) if side > 0 else 0
+        sizes = [side]
+        while len(sizes) <= halvings:
+            sizes.append(sizes[-1] // 2)
         return (
             f"1. The input is an image of {_shape(shape)} (channels x height x width). conv2d and pooling layers "
             'work on images; linear layers need a flat vector. Put exactly one {"type": "flatten"} after the last '
             "conv2d or pooling layer and before the first linear layer (an MLP starts with flatten). No conv2d or "
-            f"pooling after flatten.\n{last}"
+            f"pooling after flatten. Each pooling layer or stride-2 conv2d halves the image "
+            f"({' -> '.join(f'{n}x{n}' for n in sizes)}): use at most {halvings} of them in all.\n{last}"
         )
     return f"1. The input is a flat vector of {shape[0]} features: use no flatten, conv2d or pooling.\n{last}"
 

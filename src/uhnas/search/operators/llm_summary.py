@@ -246,7 +246,7 @@ def steer_target(context: OperatorContext, parent_energy: float | None) -> str |
     return text + ": about the parent's energy, so keep its size and improve its accuracy."
 
 
-NEIGHBOURS_SHOWN = 5  # evaluated networks nearest to the parent(s), listed so the model does not repeat them
+NEIGHBOURS_SHOWN = 3  # evaluated networks nearest to the parent(s), listed so the model does not repeat them
 NEIGHBOUR_DISTANCE = 2.0  # at most this structural distance (about two layer edits) from a parent
 
 
