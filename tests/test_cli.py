@@ -183,3 +183,15 @@ def test_the_live_display_names_the_generation_being_proposed_and_shows_reasons_
         failed = TrialRecord(generation=1, slot=0, state="FAIL", reason="[bold]shape[/bold] error")
         display(CandidateDone(failed, 1, 5, 12, 1.0, kind="candidate_failed"))
     assert "[bold]shape[/bold] error" in console.export_text()
+
+
+def test_search_help_lists_the_installed_methods():
+    from uhnas.search.methods import method_names
+
+    result = invoke("search", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "installed:" in text
+    assert set(method_names()) >= {"nsga2", "optuna-tpe", "uhnas"}
+    for name in method_names():
+        assert name in text

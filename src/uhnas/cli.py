@@ -26,6 +26,7 @@ from rich.table import Table
 from uhnas import __version__
 from uhnas.allocator import keep_freed_memory
 from uhnas.errors import UhnasError
+from uhnas.search.methods import method_names
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -407,14 +408,15 @@ def _write_plot(out: Path, records: list[Any], title: str, objective: str) -> Pa
     )
 
 
+_INSTALLED_METHODS = ", ".join(method_names())  # the uhnas.methods entry points (plugins included)
+
+
 @app.command()
 def search(
     config: Annotated[Path | None, typer.Option(help="Run configuration YAML (e.g. examples/digits_mzi.yaml).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (study.db, pareto.png, llm.db).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory to its budget.")] = None,
-    method: Annotated[
-        str | None, typer.Option(help="nsga2, random, regevo, optuna-nsga2, optuna-tpe, uhnas, llmatic, genius.")
-    ] = None,
+    method: Annotated[str | None, typer.Option(help=f"Search method; installed: {_INSTALLED_METHODS}.")] = None,
     backend: Annotated[str | None, typer.Option(help="Backend preset or YAML file.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a backend constant: key=value (repeatable).")
