@@ -9,22 +9,13 @@ import typer
 from rich.table import Table
 
 from uhnas.cli import CLIError, _print_json, cli_errors, console
+from uhnas.study.tables import fmt, summary_tables
 
 study_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     help="Studies: backends x methods x seeds (x ablations) from one YAML file, resumable, with statistics.",
 )
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return (
-            f"{value:.{digits}g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.{digits}f}"
-        )
-    return str(value)
 
 
 def _duration(seconds: float | None) -> str:
@@ -148,7 +139,7 @@ def study_status_command(
                 row["state"],
                 f"{row['evaluations']}/{row['budget']}",
                 str(row["generation"]),
-                _fmt(row["hypervolume"]),
+                fmt(row["hypervolume"]),
                 row["error"] or "",
             )
         console.print(table)
@@ -162,72 +153,14 @@ def study_status_command(
         )
 
 
-STRATA_KEYS = (
-    "dataset",
-    "backend",
-    "method",
-    "llm.system_prompt",
-    "objective",
-    "training.noise_aware",
-    "population",
-    "generations",
-    "offspring",
-    "training.epochs",
-    "mc",
-)
-SHORT = {"llm.system_prompt": "prompt", "training.noise_aware": "noise-aware", "training.epochs": "epochs"}
-
-
-def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], title: str) -> Table:
-    """A table of the strata columns that vary among the rows, then the given (key, header) columns."""
-    keys = [k for k in STRATA_KEYS if rows and k in rows[0] and len({str(r.get(k)) for r in rows}) > 1]
-    keys += [k for k in ("a", "b") if rows and k in rows[0]]
-    table = Table(title=title)
-    for key in keys:
-        table.add_column(SHORT.get(key, key))
-    for _, header in columns:
-        table.add_column(header, justify="right")
-    for row in rows:
-        table.add_row(*[str(row.get(k)) for k in keys], *[_cell(row, key) for key, _ in columns])
+def _table(data: dict[str, Any]) -> Table:
+    """A rich table of one text table of the report (uhnas.study.tables)."""
+    table = Table(title=data["title"])
+    for i, header in enumerate(data["headers"]):
+        table.add_column(header, justify="right" if i >= data["numeric_from"] else "left")
+    for row in data["rows"]:
+        table.add_row(*row)
     return table
-
-
-def _cell(row: dict[str, Any], key: str) -> str:
-    if key == "iqr_range":
-        return f"{_fmt(row['q25'], 3)}-{_fmt(row['q75'], 3)}"
-    value = row.get(key)
-    return _fmt(value, 3) if not isinstance(value, str) else value
-
-
-HV_COLUMNS = [("n", "n"), ("median", "median HV"), ("iqr_range", "IQR"), ("min", "min"), ("max", "max")]
-TEST_COLUMNS = [
-    ("test", "test"),
-    ("statistic", "stat"),
-    ("p", "p"),
-    ("p_holm", "p Holm"),
-    ("a12", "A12"),
-    ("magnitude", "effect"),
-]
-DIVERSITY_COLUMNS = [
-    ("n", "n"),
-    ("front_size", "front"),
-    ("front_mean_distance", "distance"),
-    ("energy_decades", "decades"),
-    ("distinct_front_archs_over_seeds", "distinct"),
-    ("mean_drop", "drop"),
-    ("mean_p5", "p5"),
-    ("best_p5", "best p5"),
-]
-CLEAN_COLUMNS = [
-    ("candidates", "candidates"),
-    ("spearman", "Spearman"),
-    ("kendall", "Kendall"),
-    ("mean_drop", "drop"),
-    ("retention_median", "retention"),
-    ("regret_median", "regret"),
-    ("regret_max", "max regret"),
-    ("hv_loss_median", "HV loss"),
-]
 
 
 @study_app.command("report")
@@ -248,24 +181,12 @@ def study_report(
             f"study {report['study']}: {c['with_data']}/{c['total']} cells with data, {c['finished']} finished; "
             f"varies {', '.join(report['varied_axes']) or 'nothing'}; wall {_duration(t['study_wall_s'])} for "
             f"{_duration(t['evaluation_s'])} of evaluation on {t['slot_s'] / max(t['study_wall_s'], 1e-9):.0f} slot(s) "
-            f"(utilisation {_fmt(t['utilisation'], 2)})",
+            f"(utilisation {fmt(t['utilisation'], 2)})",
             markup=False,
             soft_wrap=True,
         )
-        sections = [
-            (report["hypervolume"], HV_COLUMNS, "Hypervolume by method (over seeds)"),
-            (report["hypervolume_tests"], TEST_COLUMNS, "Pairwise tests of hypervolume (two-sided, Holm-corrected)"),
-            (report["diversity"], DIVERSITY_COLUMNS, "Diversity and robustness of the fronts (medians over seeds)"),
-            (report["clean_vs_noisy"], CLEAN_COLUMNS, "Clean vs noisy accuracy (every evaluated candidate)"),
-        ]
-        for axis, tables in report["ablations"].items():
-            name = SHORT.get(axis, axis)
-            sections.append((tables["hypervolume"], HV_COLUMNS, f"Ablation: hypervolume by {name}"))
-            sections.append((tables["tests"], TEST_COLUMNS, f"Ablation: tests by {name}"))
-            sections.append((tables["diversity"], DIVERSITY_COLUMNS, f"Ablation: diversity and robustness by {name}"))
-        for rows, columns, title in sections:
-            if rows:
-                console.print(_table(rows, columns, title))
+        for table in summary_tables(report):
+            console.print(_table(table))
         console.print(f"report: {Path(out) / 'report'}", markup=False, soft_wrap=True)
 
 
