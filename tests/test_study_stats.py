@@ -72,3 +72,14 @@ def test_rank_correlations():
     # d = (1, -1, 1, -1): rho = 1 - 6 * 4 / (4 * 15) = 0.6; tau = (4 concordant - 2 discordant) / 6 = 1/3
     assert r["spearman"] == pytest.approx(0.6) and r["kendall"] == pytest.approx(1 / 3)
     assert stats.spearman_kendall([1, 1, 1], [1, 2, 3])["spearman"] is None  # constant: undefined
+
+
+def test_a_killed_session_counts_until_the_next_one_started():
+    from uhnas.study.report import session_durations
+
+    sessions = [
+        {"started": 1000.0, "ended": 1600.0, "slots": 2},  # finished normally: 600 s
+        {"started": 0.0, "slots": 2},  # SIGKILLed, no end written: ran until the next session, 1000 s
+        {"started": 2000.0, "slots": 1},  # the last session, killed: its end is unknown
+    ]
+    assert session_durations(sessions) == [(1000.0, 2), (600.0, 2), (0.0, 1)]

@@ -202,6 +202,20 @@ def _best_hv(data: CellData) -> float:
 # ----------------------------------------------------------------------------------------- build / write
 
 
+def session_durations(sessions: Sequence[dict[str, Any]]) -> list[tuple[float, int]]:
+    """(wall seconds, slots) of each `study run` session, in start order.
+
+    A session killed without writing its end (SIGKILL, a lost machine) ran at most until the next session started;
+    the last such session counts as 0 (its end is unknown).
+    """
+    ordered = sorted(sessions, key=lambda s: s["started"])
+    durations = []
+    for i, session in enumerate(ordered):
+        end = session.get("ended") or (ordered[i + 1]["started"] if i + 1 < len(ordered) else session["started"])
+        durations.append((end - session["started"], int(session.get("slots") or 1)))
+    return durations
+
+
 def build_report(out: str | Path) -> dict[str, Any]:
     """Every table of the report as one JSON-ready dict (no files written)."""
     directory = StudyDir(out).require()
@@ -223,7 +237,7 @@ def build_report(out: str | Path) -> dict[str, Any]:
         }
     evaluation_seconds = sum(m["evaluation_seconds"] for m in metrics.values())
     sessions = directory.sessions()
-    durations = [((s.get("ended") or s["started"]) - s["started"], int(s.get("slots") or 1)) for s in sessions]
+    durations = session_durations(sessions)
     wall = sum(d for d, _ in durations)
     capacity = sum(d * slots for d, slots in durations)
     return {
