@@ -13,7 +13,7 @@
 Per-call overhead is the time spent inside LLMClient.complete (rendering is outside it): in the record phase it
 includes the loopback HTTP round trip and the fake server; in replay it is the cache lookup and the call-log write.
 Token counts are the fake server's estimate (4 characters per token), close to real tokenizers on English text.
-Run: .venv/bin/python bench/llm_replay.py [--generations 30] [--backend ideal]
+Run: .venv/bin/python bench/llm_replay.py [--generations 30] [--backend ideal] [--seeds 10]
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--backend", default="ideal")
     parser.add_argument("--fault-period", type=int, default=4, help="every N-th architecture request is a fault")
+    parser.add_argument("--seeds", type=int, default=1, help="record this many run seeds for the token figure")
     args = parser.parse_args()
     llm_client.BACKOFF_BASE_S, llm_client.BACKOFF_MAX_S = 0.005, 0.05  # dropped connections: retry at once
     budget = 20 + 8 * args.generations
@@ -147,6 +148,18 @@ def main() -> None:
               "candidate)")  # fmt: skip
         for purpose, (n, p, c) in sorted(by_purpose.items()):
             print(f"    {purpose:10s} {n:4d} calls, {p / n:7,.0f} prompt + {c / n:5,.0f} completion tokens per call")
+
+        if args.seeds > 1:  # the duplicate rate, hence the repair calls, varies with the run's trajectory
+            per_seed = [(prompt + completion) / budget]
+            for seed in range(1, args.seeds):
+                with FakeLLMServer(responder=ArchResponder()) as server:
+                    cfg = config("uhnas", server.base_url, args.generations, args.backend, f"seed={seed}")
+                    timed_run(cfg, tmp / f"record-{seed}")
+                seed_calls = log_of(tmp / f"record-{seed}")
+                per_seed.append(sum(c["prompt_tokens"] + c["completion_tokens"] for c in seed_calls) / budget)
+            print(f"  tokens per candidate over seeds 0-{args.seeds - 1}: mean {sum(per_seed) / len(per_seed):,.0f}, "
+                  f"min {min(per_seed):,.0f}, max {max(per_seed):,.0f} "
+                  f"({', '.join(f'{t:,.0f}' for t in per_seed)})")  # fmt: skip
 
         with FakeLLMServer(responder=FaultPlan.every(ArchResponder(), period=args.fault_period)) as server:
             plan = server.responder

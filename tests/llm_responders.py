@@ -3,7 +3,9 @@
 `ArchResponder` answers every uhnas prompt kind (init, mutate, crossover, reflect, LLMatic mutation, GENIUS
 refinement) the way a cooperative model would: it reads the parent(s) back from the JSON layers in the prompt,
 changes one thing (a width, an activation, a layer) and answers valid architecture JSON; when the prompt names a
-target ("make it smaller" / "make it larger") it picks an edit in that direction (`follow_target`). It is a pure
+target ("make it smaller" / "make it larger") it picks an edit in that direction (`follow_target`). Like a model
+reading "do not repeat these" (`avoid_listed`), it tries a few edits for one that is not listed in the prompt, nor
+answered or named as taken in the conversation's repair turns. It is a pure
 function of the request (messages and seed), so two runs that send the same requests get the same answers.
 Its rationales and names carry prompt-injection text and HTML on purpose. `FaultPlan` interleaves faults by
 request number: malformed JSON, schema violations, impossible shapes, duplicates, slow answers, 429 with
@@ -218,7 +220,15 @@ class ArchResponder:
         if self.follow_target and "## Target" in user and rng.random() < 0.5:  # a model follows it half the time
             target = user.split("## Target", 1)[1].split("##", 1)[0]
             direction = "smaller" if "make it smaller" in target else "larger" if "make it larger" in target else None
-        listed = {line.rsplit(": ", 1)[1] for line in re.findall(r"^- #\d+: .+$", user, re.MULTILINE)}
+        listed = {line.rsplit(": ", 1)[1] for line in re.findall(r"^- #[\w-]+: .+$", user, re.MULTILINE)}
+        if "Refused earlier for this slot" in user:  # "- <layers> (<reason>)" lines
+            refused = user.split("Refused earlier for this slot", 1)[1].split("\n\n", 1)[0]
+            listed.update(re.findall(r"^- (.+) \(\w+\)$", refused, re.MULTILINE))
+        for turn in messages[2:]:  # repair turns: the answers refused so far and the networks they name as taken
+            if turn.get("role") == "assistant":
+                listed.add(_answer_layers(turn.get("content")))
+            else:
+                listed.update(re.findall(r"#\d+ \(([^()]+)\)", str(turn.get("content"))))
         for _ in range(4 if self.avoid_listed else 1):  # a few tries at a network not listed in the prompt
             if parent is None:
                 layers = random_network(rng, shape, classes)
@@ -243,6 +253,14 @@ class ArchResponder:
             answer["rationale"] = rng.choice(RATIONALES)
             answer["name"] = rng.choice(NAMES)
         return json.dumps(answer)
+
+
+def _answer_layers(content: Any) -> str:
+    """The compact layers of an earlier answer in the conversation ("" when it held none)."""
+    try:
+        return compact_layers(json.loads(str(content)))
+    except (ValueError, TypeError, AttributeError):
+        return ""
 
 
 # ----------------------------------------------------------------------------- faults

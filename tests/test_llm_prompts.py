@@ -88,7 +88,7 @@ def test_kind_specific_content(ctx: dict[str, Any]) -> None:
         and 'The last layer is {"type": "linear", "out_features": 10' in mutate
     )
     assert "## Target\nenergy 2.4-14 nJ" in mutate
-    assert "laser 1.32 (67%)" in mutate  # the parent's energy breakdown, largest first, with shares
+    assert "energy 1.98 nJ (laser 67%, dac 19%, detectors 5%" in mutate  # the parent's energy shares, largest first
     assert "robustness drop 0.021" in mutate and "mean 0.941 / p5 0.925" in mutate
     assert "max_mzis: 36,864 MZIs > limit 32,768 MZIs" in mutate  # a recent candidate's violation
     assert "Energy on the front by component: laser 64%" in mutate
@@ -102,6 +102,7 @@ def test_kind_specific_content(ctx: dict[str, Any]) -> None:
     assert "Propose ONE network" in init_one and '"architectures"' not in init_one
     assert "Refused earlier for this slot (do not answer these again):\n- linear 10 (shape)" in init_one
     reflect = render_messages("reflect", ctx)[1]["content"]
+    assert "## Rules for a valid network" in mutate and "## Rules" not in reflect  # reflect designs no network
     assert "at most 12 design heuristics" in reflect and "at most 240 characters" in reflect
     assert '"..."' not in reflect  # no placeholder a small model could copy
     drops = reflect.split("## What the non-idealities did")[1].split("## Your task")[0]

@@ -403,6 +403,85 @@ def test_validator_reports_schema_shape_constraint_and_duplicate_errors_exactly(
     assert validator.judge(over_long)[0] == "duplicate"  # truncated name / rationale are not worth a repair
 
 
+def mlp_record(number: int, *layers: dict[str, Any], energy: float = 1.0) -> TrialRecord:
+    """An evaluated digits MLP (flatten, `layers`, linear 10) stored as trial `number`."""
+    arch = {"layers": [{"type": "flatten"}, *layers, {"type": "linear", "out_features": 10}]}
+    key = __import__("uhnas.arch", fromlist=["arch_hash"]).arch_hash(parse_architecture(arch))
+    return TrialRecord(generation=0, slot=number, number=number, arch=arch, hash=key, error=0.5, energy_nj=energy)
+
+
+def test_a_duplicate_names_the_networks_taken_one_edit_away_and_two_in_a_row_end_the_proposal() -> None:
+    width = {"type": "linear", "out_features": 16}
+    history = (
+        mlp_record(3, width),
+        mlp_record(5, width, {"type": "activation", "function": "relu"}),  # one layer inserted: distance 1
+        mlp_record(7, {"type": "linear", "out_features": 24}),  # a width changed: distance < 1
+        mlp_record(9, {"type": "linear", "out_features": 64}, {"type": "activation", "function": "tanh"},
+                   {"type": "linear", "out_features": 64}),  # three edits away: not named
+    )  # fmt: skip
+    context = operator_context({r.hash for r in history if r.hash}).__class__(
+        **{**operator_context(set()).__dict__, "history": history,
+           "is_known": {r.hash for r in history}.__contains__},
+    )  # fmt: skip
+    validator = ArchValidator(context, lambda s: [], parents=(5,))
+    assert validator.saturated() is None
+    errors = validator({"layers": history[0].arch["layers"]})  # type: ignore[index]
+    assert validator.verdicts[-1][0] == "duplicate"
+    assert errors == [f"{DUPLICATE}: it is #3; {DUPLICATE_HINT}; already evaluated one edit from it: "
+                      "#7 (flatten | linear 24 | linear 10), #5 (flatten | linear 16 | relu | linear 10)"]  # fmt: skip
+    assert validator.saturated() is None  # one duplicate: repair as usual
+    validator({"layers": history[1].arch["layers"]})  # type: ignore[index]
+    assert validator.verdicts[-1][0] == "duplicate"
+    assert validator.saturated() == "two duplicates in a row (the parents' neighbourhood is taken)"
+    fresh = {
+        "layers": [{"type": "flatten"}, {"type": "linear", "out_features": 20}, {"type": "linear", "out_features": 10}]
+    }
+    assert validator(fresh) == [] and validator.saturated() is None
+
+
+def test_two_duplicates_in_a_row_end_the_conversation_and_the_slot_is_asked_afresh(tmp_path: Path) -> None:
+    def parrot(body: dict[str, Any]) -> str:
+        """Answers every mutation with its parent (a duplicate), everything else as the cooperative model."""
+        user = user_text(body)
+        if kind_of(user) != "mutate":
+            return ArchResponder(hostile=False)(body)
+        return re.findall(r'^(\{"layers".*\})$', user.split("## Parent\n", 1)[1], re.MULTILINE)[0]
+
+    with FakeLLMServer(responder=parrot) as srv:
+        config = llm_run_config(srv.base_url, "population=4", "generations=1", "offspring=2",
+                                "evolution.crossover_prob=0", "llm.max_repairs=2")  # fmt: skip
+        run(config, tmp_path / "run")
+    records = check_complete(tmp_path / "run", config)
+    mutate = [c for c in calls(tmp_path / "run") if c["purpose"] == "mutate"]
+    assert mutate and all(c["meta"]["verdict"] == "duplicate" for c in mutate)
+    assert max(c["meta"]["attempt"] for c in mutate) == 2  # never a third turn of a saturated conversation
+    per_slot = Counter(c["meta"]["slot"] for c in mutate)
+    assert per_slot == {0: 6, 1: 6}  # 3 fresh conversations of 2 calls: the slot's call cap, then the fallback
+    assert [r.operator for r in records if r.generation == 1] == ["random-mutate(llm-fallback)"] * 2
+
+
+def test_the_near_list_puts_networks_on_the_targets_side_of_the_parent_first() -> None:
+    from uhnas.search.operators.llm_summary import neighbours
+
+    parent = mlp_record(1, {"type": "linear", "out_features": 32}, energy=10.0)
+    smaller = mlp_record(2, {"type": "linear", "out_features": 16}, energy=5.0)
+    larger = mlp_record(3, {"type": "linear", "out_features": 48}, energy=15.0)
+    same = mlp_record(
+        4, {"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"}, energy=10.0
+    )
+    context = operator_context(set()).__class__(**{**operator_context(set()).__dict__,
+                                                   "history": (parent, smaller, larger, same)})  # fmt: skip
+
+    def arch_of(record: TrialRecord) -> Any:
+        return parse_architecture(record.arch)
+
+    def order(direction: int) -> list[int]:
+        return [c["trial"] for c in neighbours(context, [parent], set(), arch_of, (), direction, 10.0)]
+
+    assert order(-1)[0] == 2 and order(+1)[0] == 3  # the side a child following the target lands on
+    assert set(order(0)) == {2, 3, 4} and len(order(0)) == 3
+
+
 # ----------------------------------------------------------------------------- the baselines
 
 

@@ -163,7 +163,7 @@ def _layers_json(layers: Any) -> str:
     return json.dumps({"layers": clean})
 
 
-def _constants(constants: Mapping[str, Any], limit: int = 650) -> str:
+def _constants(constants: Mapping[str, Any], limit: int = 450) -> str:
     """Backend constants in at most `limit` characters: the physical limits (max_*) first with their units, then
     the others as name=value (a unit only when it is short); the rest counted."""
     limits, others = [], []
@@ -278,17 +278,6 @@ def _count(value: Any) -> str:
 def _shape(shape: Sequence[int]) -> str:
     """An input shape as 1x8x8."""
     return "x".join(str(int(d)) for d in shape)
-
-
-def _breakdown(breakdown: Mapping[str, float], top: int = 4) -> str:
-    """Energy by component, largest first, with each share of the total; the `top` largest, the rest as other."""
-    items = sorted(((str(k), float(v)) for k, v in breakdown.items()), key=lambda kv: -kv[1])
-    total = sum(v for _, v in items)
-    shown = [f"{_ident(k)} {_num(v, '.3g')}" + (f" ({v / total:.0%})" if total > 0 else "") for k, v in items[:top]]
-    rest = sum(v for _, v in items[top:])
-    if len(items) > top:
-        shown.append(f"other {_num(rest, '.3g')}" + (f" ({rest / total:.0%})" if total > 0 else ""))
-    return ", ".join(shown)
 
 
 def _energy_shares(candidates: Sequence[Mapping[str, Any]]) -> str:
@@ -490,7 +479,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     filters: dict[str, Callable[..., Any]] = dict(
-        q=quote, num=_num, count=_count, shape=_shape, breakdown=_breakdown, energy_shares=_energy_shares,
+        q=quote, num=_num, count=_count, shape=_shape, energy_shares=_energy_shares,
         violations=_violations, limits=_limits, task=_task, objective=_objective, by_drop=_by_drop,
         vocabulary=describe_schema, ident=_ident, layers=_layers_text, line=one_line, layers_json=_layers_json,
         constants=_constants, shape_rules=_shape_rules,

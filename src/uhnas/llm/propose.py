@@ -141,16 +141,18 @@ def propose(
     meta: dict[str, Any] | None = None,
     seed: int | None = None,
     schema_name: str = "architecture",
+    give_up: Callable[[], str | None] | None = None,
 ) -> Proposal:
     """Ask for one JSON object until `validate` returns no errors, repairing at most `max_repairs` times; every
-    call is sent with `seed` (None: no seed) and the schema under `schema_name`."""
+    call is sent with `seed` (None: no seed) and the schema under `schema_name`. After each refused answer,
+    `give_up` (when given) may end the proposal before the repairs run out: it returns why, or None to go on."""
 
     def judge(data: dict[str, Any]) -> tuple[list[str], None, dict[str, Any]]:
         """The validator's errors for the one object."""
         return _errors(validate(data)), None, {}
 
     loop = _Loop(client, messages, schema=schema, purpose=purpose, max_repairs=max_repairs, meta=meta, seed=seed,
-                 schema_name=schema_name)  # fmt: skip
+                 schema_name=schema_name, give_up=give_up)  # fmt: skip
     data, reply, _ = loop.run(judge, count=None)
     return Proposal(data=data, text=reply.text, call_id=reply.call_id, attempts=loop.attempts,
                     messages=tuple(loop.conversation))  # fmt: skip
@@ -231,6 +233,7 @@ class _Loop:
         meta: dict[str, Any] | None,
         seed: int | None = None,
         schema_name: str = "architecture",
+        give_up: Callable[[], str | None] | None = None,
     ) -> None:
         """Copy the opening messages; nothing is sent yet."""
         if max_repairs < 0:
@@ -243,6 +246,7 @@ class _Loop:
         self.max_attempts = 1 + max_repairs
         self.meta = dict(meta or {})
         self.seed = seed
+        self.give_up = give_up
         self.attempts: tuple[Attempt, ...] = ()
 
     def run(self, judge: _Judge, *, count: int | None) -> tuple[dict[str, Any], LLMReply, Any]:
@@ -268,6 +272,10 @@ class _Loop:
             self._record(reply, errors, number, notes)
             if not errors and data is not None:
                 return data, reply, extra
+            why = self.give_up() if self.give_up is not None and number < self.max_attempts else None
+            if why is not None:
+                raise ProposalFailed(f"{self.purpose}: {why} after {number} attempts; last errors: {'; '.join(errors)}",
+                                     purpose=self.purpose, attempts=self.attempts)  # fmt: skip
             if number < self.max_attempts:
                 said = f"(answer cut off at the token limit after {len(reply.text)} characters)" if truncated else None
                 self.conversation += [

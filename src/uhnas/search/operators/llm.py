@@ -49,6 +49,8 @@ from uhnas.search.operators.llm_summary import (
     layers_only_summary,
     neighbours,
     steer_target,
+    target_band,
+    target_direction,
 )
 from uhnas.search.operators.llm_validate import (
     DUPLICATE,
@@ -134,9 +136,11 @@ class MutatePrompt(_Family):
     template = kind = label = "mutate"
 
     def propose(self, context: OperatorContext, parent: TrialRecord) -> Proposal:
-        target = steer_target(context, parent.energy_nj) if self.ask.steering else None
-        ctx = {**self.ask.search_context(context), "parent": candidate_summary(parent), "target": target}
-        ctx["near"] = neighbours(context, [parent], _shown(ctx), self.ask.arch_of, self.ask.pending.before(context))
+        band = target_band(context) if self.ask.steering else None
+        ctx = {**self.ask.search_context(context), "parent": candidate_summary(parent),
+               "target": steer_target(band, parent.energy_nj)}  # fmt: skip
+        ctx["near"] = neighbours(context, [parent], _shown(ctx), self.ask.arch_of, self.ask.pending.before(context),
+                                 target_direction(band, parent.energy_nj), parent.energy_nj)  # fmt: skip
         return self._ask(context, ctx, (parent.number,), lambda: self.ask.conventional.mutate(context, parent))
 
 
@@ -150,14 +154,13 @@ class CrossoverPrompt(_Family):
                          lambda: self.ask.conventional.crossover(context, first, second))  # fmt: skip
 
     def _context(self, context: OperatorContext, first: TrialRecord, second: TrialRecord) -> dict[str, Any]:
-        target = None
-        if self.ask.steering:
-            energies = [e for e in (first.energy_nj, second.energy_nj) if e is not None and e > 0]
-            target = steer_target(context, math.prod(energies) ** (1 / len(energies)) if energies else None)
+        band = target_band(context) if self.ask.steering else None
+        energies = [e for e in (first.energy_nj, second.energy_nj) if e is not None and e > 0]
+        energy = math.prod(energies) ** (1 / len(energies)) if energies else None
         ctx = {**self.ask.search_context(context), "parents": [candidate_summary(first), candidate_summary(second)],
-               "target": target}  # fmt: skip
+               "target": steer_target(band, energy)}  # fmt: skip
         ctx["near"] = neighbours(context, [first, second], _shown(ctx), self.ask.arch_of,
-                                 self.ask.pending.before(context))  # fmt: skip
+                                 self.ask.pending.before(context), target_direction(band, energy), energy)  # fmt: skip
         return ctx
 
 

@@ -305,11 +305,13 @@ class LLMAsk:
         seed: int,
         max_repairs: int | None = None,
         schema_name: str = "architecture",
+        give_up: Callable[[], str | None] | None = None,
     ) -> Found:
         """propose() with this method's repairs (or fewer): the validated answer, or ProposalFailed."""
         repairs = self.max_repairs if max_repairs is None else max_repairs
         return propose(self.client, messages, validate=validate, schema=schema, purpose=purpose,
-                       max_repairs=repairs, meta=meta, seed=seed, schema_name=schema_name)  # fmt: skip
+                       max_repairs=repairs, meta=meta, seed=seed, schema_name=schema_name,
+                       give_up=give_up)  # fmt: skip
 
     def architecture(
         self,
@@ -334,10 +336,11 @@ class LLMAsk:
         seed = self.seed(context, kind, slot=context.slot, attempt=context.attempt)
         meta = {"generation": context.generation, "slot": context.slot, "slot_attempt": context.attempt,
                 "kind": kind, "operator": self.name, "seed": seed}  # fmt: skip
-        validator = ArchValidator(context, self.check, autofix=self.autofix, parents=parents)
+        validator = ArchValidator(context, self.check, autofix=self.autofix, parents=parents, arch_of=self.arch_of)
         try:
             found = self.call(messages, validate=validator, schema=self.schema, purpose=kind, meta=meta, seed=seed,
-                              max_repairs=min(self.max_repairs, left - 1))  # fmt: skip
+                              max_repairs=min(self.max_repairs, left - 1),
+                              give_up=validator.saturated)  # fmt: skip
         except ProposalFailed as exc:
             verdicts = validator.classify(exc.attempts)
             self._annotate(exc.attempts, verdicts)

@@ -46,6 +46,8 @@ __all__ = [
     "pending_summary",
     "search_context",
     "steer_target",
+    "target_band",
+    "target_direction",
     "task_context",
 ]
 
@@ -227,26 +229,43 @@ def _nj(value: float) -> str:
     return f"{rounded:,.0f}" if rounded >= 10 else f"{rounded:g}"
 
 
-def steer_target(context: OperatorContext, parent_energy: float | None) -> str | None:
-    """The target of this slot's child: a sparse energy band of the front, rotating over the widest gaps with the
-    slot, and how it compares with the parent's energy (None when the front is empty)."""
+def target_band(context: OperatorContext) -> tuple[float, float] | None:
+    """This slot's target energy band (nJ): a sparse band of the front, rotating over the widest gaps with the slot
+    (None when the front is empty)."""
     bands = energy_bands([r.energy_nj for r in context.front if r.energy_nj is not None])
     if not bands:
         return None
     index = max(0, context.generation - 1) * context.offspring + context.slot
-    lo, hi = bands[index % len(bands)]
+    return bands[index % len(bands)]
+
+
+def target_direction(band: tuple[float, float] | None, parent_energy: float | None) -> int:
+    """Which way the target moves the child's energy from the parent's: -1 smaller, +1 larger, 0 about the same
+    (or no target / no parent energy)."""
+    if band is None or parent_energy is None or not parent_energy > 0:
+        return 0
+    ratio = math.sqrt(band[0] * band[1]) / parent_energy
+    return -1 if ratio < 0.7 else 1 if ratio > 1.4 else 0
+
+
+def steer_target(band: tuple[float, float] | None, parent_energy: float | None) -> str | None:
+    """The target line of a mutate/crossover prompt: the band and how it compares with the parent's energy."""
+    if band is None:
+        return None
+    lo, hi = band
     text = f"aim the child at an energy of {_nj(lo)}-{_nj(hi)} nJ, where the front has no network"
     if parent_energy is None or not parent_energy > 0:
         return text + "."
     ratio = math.sqrt(lo * hi) / parent_energy
-    if ratio < 0.7:
+    direction = target_direction(band, parent_energy)
+    if direction < 0:
         return text + f": about {1 / ratio:.2g}x less than the parent's, so make it smaller (narrower or fewer layers)."
-    if ratio > 1.4:
+    if direction > 0:
         return text + f": about {ratio:.2g}x the parent's, so make it larger (wider or one more layer)."
     return text + ": about the parent's energy, so keep its size and improve its accuracy."
 
 
-NEIGHBOURS_SHOWN = 3  # evaluated networks nearest to the parent(s), listed so the model does not repeat them
+NEIGHBOURS_SHOWN = 8  # evaluated networks nearest to the parent(s), listed so the model does not repeat them
 NEIGHBOUR_DISTANCE = 2.0  # at most this structural distance (about two layer edits) from a parent
 
 
@@ -256,26 +275,36 @@ def neighbours(
     shown: set[Any],
     arch_of: Callable[[TrialRecord], Architecture],
     pending: Sequence[dict[str, Any]] = (),
+    direction: int = 0,
+    parent_energy: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluated (and this generation's pending) networks within NEIGHBOUR_DISTANCE of a parent, nearest first, not
-    shown elsewhere in the prompt: the near-duplicates a one-edit child would repeat (a repeat costs a repair call)."""
+    """Evaluated (and this generation's pending) networks within NEIGHBOUR_DISTANCE of a parent, not shown elsewhere
+    in the prompt: the near-duplicates a one-edit child would repeat (a repeat costs a repair call). Those on the
+    target's side of the parent's energy (`direction` -1 below, +1 above) come first, where a child that follows
+    the target lands; then nearest first."""
     own = [arch_of(p) for p in parents if p.arch is not None]
-    found: list[tuple[float, int, dict[str, Any]]] = []
+
+    def off_target(energy: Any) -> bool:
+        if not direction or parent_energy is None or not isinstance(energy, (int, float)):
+            return False
+        return (energy - parent_energy) * direction <= 0
+
+    found: list[tuple[bool, float, int, dict[str, Any]]] = []
     for order, record in enumerate(context.history):
         if record.arch is None or record.number in shown or any(record.number == p.number for p in parents):
             continue
         distance = min((structural_distance(a, arch_of(record)) for a in own), default=math.inf)
         if distance <= NEIGHBOUR_DISTANCE:
-            found.append((distance, order, candidate_summary(record)))
+            found.append((off_target(record.energy_nj), distance, order, candidate_summary(record)))
     for order, summary in enumerate(pending, start=len(context.history)):
         if summary.get("trial") in shown:
             continue
         arch = Architecture.model_validate({"layers": summary.get("layers_json") or []})
         distance = min((structural_distance(a, arch) for a in own), default=math.inf)
         if distance <= NEIGHBOUR_DISTANCE:
-            found.append((distance, order, summary))
-    found.sort(key=lambda item: (item[0], item[1]))
-    return [summary for _, _, summary in found[:NEIGHBOURS_SHOWN]]
+            found.append((off_target(summary.get("energy_nj")), distance, order, summary))
+    found.sort(key=lambda item: item[:3])
+    return [summary for *_, summary in found[:NEIGHBOURS_SHOWN]]
 
 
 def init_target(context: OperatorContext) -> str:

@@ -20,11 +20,12 @@ deterministic for a given answer, so a replayed run rebuilds the same repair con
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from uhnas.arch import LAYER_TYPES, Architecture, ArchitectureError, analyze, arch_hash, parse_architecture
+from uhnas.arch.canonical import structural_distance
 from uhnas.arch.model import (
     MAX_NAME,
     MAX_TEXT,
@@ -42,6 +43,7 @@ from uhnas.llm.errors import one_line
 from uhnas.llm.knowledge import placeholder
 from uhnas.llm.prompting import compact_layers, quote
 from uhnas.llm.propose import ERROR_CHARS, Attempt
+from uhnas.records import TrialRecord
 from uhnas.search.operators.base import OperatorContext
 from uhnas.search.operators.llm_summary import Checker
 
@@ -69,6 +71,7 @@ DUPLICATE_HINT = (
 )
 TOP_LEVEL_KEYS = ("name", "rationale", "layers")
 MAX_STRUCTURE_ERRORS = 5
+TAKEN_SHOWN = 3  # evaluated networks one edit from a duplicate answer, named in its repair turn
 _LAYER_FIELDS: dict[str, tuple[str, ...]] = {
     cls.model_fields["type"].annotation.__args__[0]: tuple(cls.model_fields)  # type: ignore[union-attr]
     for cls in (Linear, Conv2d, MaxPool, AvgPool, Flatten, Activation, BatchNorm, Dropout)
@@ -198,9 +201,16 @@ class ArchValidator:
     """The propose() callback for one architecture answer; remembers each verdict for the call log."""
 
     def __init__(
-        self, context: OperatorContext, check: Checker, *, autofix: bool = False, parents: tuple[int, ...] = ()
+        self,
+        context: OperatorContext,
+        check: Checker,
+        *,
+        autofix: bool = False,
+        parents: tuple[int, ...] = (),
+        arch_of: Callable[[TrialRecord], Architecture] | None = None,
     ) -> None:
         self.context = context
+        self.arch_of = arch_of or (lambda record: parse_architecture(record.arch))
         self.check = check
         self.autofix = autofix
         self.parents = parents  # trial numbers of the parents (a repeated parent is named as such)
@@ -251,8 +261,17 @@ class ArchValidator:
             return "constraint", [one_line(_violation_error(v), ERROR_CHARS) for v in violations]
         key = arch_hash(arch)
         if self.context.is_known(key):
-            return "duplicate", [f"{DUPLICATE}: it is {self._which(key)}; {DUPLICATE_HINT}"]
+            error = f"{DUPLICATE}: it is {self._which(key)}; {DUPLICATE_HINT}"
+            return "duplicate", [self._taken_near(arch, key, error)]
         return "valid", []
+
+    def saturated(self) -> str | None:
+        """Why to stop repairing: the last two answers were both duplicates, so the parents' neighbourhood is
+        taken. A fresh attempt (other parents, the refused networks listed) costs less than a third turn of this
+        conversation and is likelier to land on a new network. None: repair as usual."""
+        if len(self.verdicts) >= 2 and all(verdict == "duplicate" for verdict, _ in self.verdicts[-2:]):
+            return "two duplicates in a row (the parents' neighbourhood is taken)"
+        return None
 
     def _which(self, key: str) -> str:
         """Which known network an answer repeats: a trial (the parent, when it is one) or a pending proposal."""
@@ -261,6 +280,27 @@ class ArchValidator:
             if record.hash == key:
                 return f"#{record.number}" + (" (a parent)" if record.number in parents else "")
         return "a network already proposed in this generation"
+
+    def _taken_near(self, arch: Architecture, key: str, error: str) -> str:
+        """`error` followed by the evaluated networks one edit from a duplicate answer (nearest first, at most
+        TAKEN_SHOWN, whole entries within ERROR_CHARS), so that the repair does not land on one of them next: a
+        second duplicate costs a second repair call."""
+        near: list[tuple[float, int, TrialRecord]] = []
+        for order, record in enumerate(self.context.history):
+            if record.arch is None or record.hash == key:
+                continue
+            distance = structural_distance(arch, self.arch_of(record))
+            if distance <= 1.0:
+                near.append((distance, order, record))
+        near.sort(key=lambda item: item[:2])
+        text = error
+        for index, (*_, record) in enumerate(near[:TAKEN_SHOWN]):
+            entry = "; already evaluated one edit from it: " if index == 0 else ", "
+            entry += f"#{record.number} ({compact_layers(record.arch)})"
+            if len(text) + len(entry) > ERROR_CHARS:
+                break
+            text += entry
+        return text
 
     def classify(self, attempts: Sequence[Attempt]) -> list[str]:
         """The verdict of every attempt, in order. The validator ran once for each attempt whose answer held a
