@@ -86,3 +86,30 @@ def test_summarize_draws_by_hand():
     assert stats.std == pytest.approx(math.sqrt(((0.05**2) * 2 + 0.15**2 * 2) / 3))
     assert stats.p5 == pytest.approx(0.7 + 0.15 * 0.1)  # linear interpolation at 5 % of 3 gaps
     assert stats.draws == 4
+
+
+def test_mc_chunks_are_bounded_by_the_widest_tensor_and_do_not_change_the_result(monkeypatch):
+    """A wide conv on a 28x28 input unfolds to ~10^6 values per sample and draw: the MC pass takes few samples at a
+    time (a 4,096-row pass needed > 15 GB); a small network keeps the row budget; the accuracies do not depend on
+    the chunking (a backend without per-inference noise, whose draws do not depend on the chunk boundaries)."""
+    import uhnas.evaluate as ev
+    from uhnas.arch.build import build
+
+    wide = parse_architecture({"layers": [
+        {"type": "conv2d", "out_channels": 64, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
+        {"type": "conv2d", "out_channels": 16, "kernel": 5, "padding": 2}, {"type": "flatten"},
+        {"type": "linear", "out_features": 10}]})  # fmt: skip
+    model = build(wide, (1, 28, 28), 10, seed=0).eval()
+    assert model.widest_per_sample() == 64 * 5 * 5 * 28 * 28  # the second conv's unfolded windows
+    realized = load_backend("gpu-b200-fp16").realize(model, 4, torch.Generator().manual_seed(0))
+    chunk = ev.mc_chunk(realized, torch.device("cpu"))
+    assert 4 * chunk * model.widest_per_sample() <= ev.MC_ELEMENTS_PER_CHUNK < 4 * (chunk + 1) * 1_254_400
+    small = build(load_architecture("examples/mlp_digits.json"), (1, 8, 8), 10, seed=0).eval()
+    realized_small = load_backend("gpu-b200-fp16").realize(small, 32, torch.Generator().manual_seed(0))
+    assert ev.mc_chunk(realized_small, torch.device("cpu")) == ev.MC_ROWS_PER_CHUNK_CPU // 32
+
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    whole = ev.noisy_accuracy(realized_small, x, y)
+    monkeypatch.setattr(ev, "MC_ELEMENTS_PER_CHUNK", 32 * 7 * small.widest_per_sample())  # 7 samples per pass
+    assert ev.mc_chunk(realized_small, torch.device("cpu")) == 7
+    assert torch.equal(ev.noisy_accuracy(realized_small, x, y), whole)

@@ -29,6 +29,8 @@ MC_ROWS_PER_CHUNK = 1 << 15  # draws x samples per realised forward pass: bounds
 MC_ROWS_PER_CHUNK_CPU = 1 << 12  # ... on a CPU: activations of a few MB are reused from the heap instead of being
 #   mapped afresh (page faults were ~10% of the example CNN's MC scoring at 1 << 15;
 #   128 images x 32 draws measured best)
+MC_ELEMENTS_PER_CHUNK = 1 << 26  # ... and at most this many elements (256 MB in float32) in its widest tensor: a
+#   wide conv on 28x28 inputs unfolds to ~10^6 values per sample and draw (4,096 rows of them needed > 15 GB)
 P5 = 0.05  # the low quantile reported as `p5`
 
 
@@ -82,11 +84,21 @@ class Evaluation:
         return data
 
 
+def mc_chunk(realized: RealizedModel, device: torch.device) -> int:
+    """Samples per realised forward pass: at most MC_ROWS_PER_CHUNK(_CPU) draws x samples, and at most
+    MC_ELEMENTS_PER_CHUNK elements in the pass's widest tensor (the network's widest per sample x draws x samples)."""
+    draws = realized.draws
+    rows = MC_ROWS_PER_CHUNK_CPU if device.type == "cpu" else MC_ROWS_PER_CHUNK
+    widest = realized.model.widest_per_sample() if isinstance(realized.model, Network) else 0
+    by_elements = MC_ELEMENTS_PER_CHUNK // (draws * widest) if widest else rows
+    return max(1, min(rows // draws, by_elements))
+
+
 def noisy_accuracy(realized: RealizedModel, x: Tensor, y: Tensor) -> Tensor:
-    """Per-draw accuracy (draws,) of a realised model, in memory-bounded chunks of samples."""
+    """Per-draw accuracy (draws,) of a realised model, in memory-bounded chunks of samples (`mc_chunk`)."""
     draws = realized.draws
     correct = torch.zeros(draws, dtype=torch.float64, device=x.device)
-    chunk = max(1, (MC_ROWS_PER_CHUNK_CPU if x.device.type == "cpu" else MC_ROWS_PER_CHUNK) // draws)
+    chunk = mc_chunk(realized, x.device)
     with torch.inference_mode():
         for start in range(0, len(y), chunk):
             logits = realized(x[start : start + chunk])

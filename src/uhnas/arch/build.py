@@ -11,6 +11,7 @@ evaluates `draws` Monte-Carlo realisations at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -28,7 +29,7 @@ from uhnas.arch.model import (
     Linear,
     MaxPool,
 )
-from uhnas.arch.shapes import Shape, analyze
+from uhnas.arch.shapes import ArchSummary, Shape, analyze
 
 Program = Callable[[Tensor], Tensor]
 """A device program: rows (draws, n, in_features) -> outputs (draws, n, out_features), bias included.
@@ -161,10 +162,26 @@ class MatMul(nn.Module):
 class Network(nn.Sequential):
     """The built network: an nn.Sequential whose linear/conv layers are `MatMul` seams."""
 
-    def __init__(self, modules: list[nn.Module], input_shape: Shape, num_classes: int) -> None:
+    def __init__(
+        self, modules: list[nn.Module], input_shape: Shape, num_classes: int, summary: ArchSummary | None = None
+    ) -> None:
         super().__init__(*modules)
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
+        self.summary = summary  # shapes, MACs and matrices of the layers (None for a hand-assembled Network)
+
+    def widest_per_sample(self) -> int:
+        """Elements of the largest tensor one input sample makes in a device forward pass: the input, a layer's
+        output, or a conv layer's unfolded windows (in x k x k values per output pixel: backends compute a conv as
+        rows of its im2col matrix). 0 when unknown (no summary)."""
+        if self.summary is None:
+            return 0
+        sizes = [math.prod(self.input_shape)]
+        for layer in self.summary.layers:
+            sizes.append(layer.out_numel)
+            if layer.matrix is not None:
+                sizes.append(layer.matrix[1] * layer.reuse)
+        return max(sizes)
 
     def matmuls(self) -> list[MatMul]:
         """The hardware-mapped layers in order."""
@@ -205,7 +222,7 @@ def build(arch: Architecture, input_shape: Shape, num_classes: int, *, seed: int
     finally:
         if generator_state is not None:
             torch.random.set_rng_state(generator_state)
-    return Network(modules, input_shape, num_classes)
+    return Network(modules, input_shape, num_classes, summary)
 
 
 @contextmanager
