@@ -138,3 +138,24 @@ def test_every_card_constant_is_typed_never_a_numeric_looking_string():
             for value in values:
                 assert value is None or isinstance(value, (bool, int, float, str)), f"{name}.{key}: {value!r}"
                 assert not (isinstance(value, str) and _numeric_looking(value)), f"{name}.{key} is the string {value!r}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8"])
+def test_one_computation_stands_for_every_draw_exactly_as_computing_each(precision):
+    """A digital device is deterministic: the realisation runs the network once and broadcasts it; the result is
+    what computing every draw through the rows path (RealizedModel) gives, convs included: equal up to the float32
+    summation order of a batched matmul (rounding to a lower precision hides even that)."""
+    from uhnas.hardware.base import RealizedModel
+
+    cnn = parse_architecture({"layers": [
+        {"type": "conv2d", "out_channels": 4, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
+        {"type": "maxpool", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]})  # fmt: skip
+    model = build(cnn, (1, 8, 8), 10, seed=0).eval()
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    realized = load_backend("ideal", [f"precision={precision}"]).realize(model, 3, torch.Generator().manual_seed(0))
+    every = RealizedModel(realized.model, realized.programs, realized.draws)
+    with torch.no_grad():
+        once, each = realized(x), every(x)
+    assert once.shape == each.shape == (3, 16, 10)
+    torch.testing.assert_close(once, each, rtol=1e-6, atol=1e-6)
+    assert torch.equal(once.argmax(-1), each.argmax(-1))

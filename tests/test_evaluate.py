@@ -94,6 +94,7 @@ def test_mc_chunks_are_bounded_by_the_widest_tensor_and_do_not_change_the_result
     the chunking (a backend without per-inference noise, whose draws do not depend on the chunk boundaries)."""
     import uhnas.evaluate as ev
     from uhnas.arch.build import build
+    from uhnas.hardware.base import RealizedModel
 
     wide = parse_architecture({"layers": [
         {"type": "conv2d", "out_channels": 64, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
@@ -101,11 +102,13 @@ def test_mc_chunks_are_bounded_by_the_widest_tensor_and_do_not_change_the_result
         {"type": "linear", "out_features": 10}]})  # fmt: skip
     model = build(wide, (1, 28, 28), 10, seed=0).eval()
     assert model.widest_per_sample() == 64 * 5 * 5 * 28 * 28  # the second conv's unfolded windows
-    realized = load_backend("gpu-b200-fp16").realize(model, 4, torch.Generator().manual_seed(0))
+    digital = load_backend("gpu-b200-fp16").realize(model, 4, torch.Generator().manual_seed(0))
+    realized = RealizedModel(model, digital.programs, 4)  # every draw computed (as a noisy device does)
     chunk = ev.mc_chunk(realized, torch.device("cpu"))
     assert 4 * chunk * model.widest_per_sample() <= ev.MC_ELEMENTS_PER_CHUNK < 4 * (chunk + 1) * 1_254_400
+    assert ev.mc_chunk(digital, torch.device("cpu")) == ev.MC_ELEMENTS_PER_CHUNK // 1_254_400  # computes 1 draw
     small = build(load_architecture("examples/mlp_digits.json"), (1, 8, 8), 10, seed=0).eval()
-    realized_small = load_backend("gpu-b200-fp16").realize(small, 32, torch.Generator().manual_seed(0))
+    realized_small = RealizedModel(small, load_backend("gpu-b200-fp16").realize(small, 32, None).programs, 32)
     assert ev.mc_chunk(realized_small, torch.device("cpu")) == ev.MC_ROWS_PER_CHUNK_CPU // 32
 
     x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))

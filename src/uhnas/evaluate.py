@@ -86,8 +86,9 @@ class Evaluation:
 
 def mc_chunk(realized: RealizedModel, device: torch.device) -> int:
     """Samples per realised forward pass: at most MC_ROWS_PER_CHUNK(_CPU) draws x samples, and at most
-    MC_ELEMENTS_PER_CHUNK elements in the pass's widest tensor (the network's widest per sample x draws x samples)."""
-    draws = realized.draws
+    MC_ELEMENTS_PER_CHUNK elements in the pass's widest tensor (the network's widest per sample x draws x samples),
+    counting the draws the pass computes (one for a deterministic device)."""
+    draws = realized.computed_draws
     rows = MC_ROWS_PER_CHUNK_CPU if device.type == "cpu" else MC_ROWS_PER_CHUNK
     widest = realized.model.widest_per_sample() if isinstance(realized.model, Network) else 0
     by_elements = MC_ELEMENTS_PER_CHUNK // (draws * widest) if widest else rows

@@ -27,6 +27,11 @@ class RealizedModel:
         self.programs = dict(programs)
         self.draws = draws
 
+    @property
+    def computed_draws(self) -> int:
+        """How many draws a forward pass actually computes (what its memory and time scale with)."""
+        return self.draws
+
     def __call__(self, x: Tensor) -> Tensor:
         """Logits for every draw: (batch, ...) -> (draws, batch, classes)."""
         return forward_draws(self.model, self.programs, self.draws, x)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from uhnas.arch import ArchSummary
-from uhnas.arch.build import MatMul, Network, Program
+from uhnas.arch.build import MatMul, Network, Program, forward_draws
 from uhnas.hardware.base import RealizedModel
 from uhnas.hardware.card import BackendCard, EnergyReport, Violation
 from uhnas.hardware.precision import BYTES_PER_VALUE, Precision, round_to, straight_through
@@ -56,6 +56,21 @@ def _program(layer: MatMul, precision: str, differentiable: bool) -> Program:
         return round_to(out, precision) if not differentiable else straight_through(out, round_to(out, precision))
 
     return run
+
+
+class DeterministicRealization(RealizedModel):
+    """A realisation whose draws are all the same device (no randomness): the network runs once and its logits
+    stand for every draw, instead of computing `draws` identical copies (through each conv's unfolded windows)."""
+
+    @property
+    def computed_draws(self) -> int:
+        """One: the draws are one computation."""
+        return 1
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Logits for every draw: (batch, ...) -> (draws, batch, classes), one computation broadcast."""
+        once = forward_draws(self.model, self.programs, 1, x)
+        return once.expand(self.draws, *once.shape[1:])
 
 
 class DigitalBackend:
@@ -117,7 +132,7 @@ class DigitalBackend:
         programs = {
             layer.index: _program(layer, self.params.precision, differentiable=False) for layer in model.matmuls()
         }
-        return RealizedModel(model, programs, draws)
+        return DeterministicRealization(model, programs, draws)
 
     def training_programs(self, model: Network, generator: torch.Generator) -> dict[int, Program] | None:
         """Quantisation-aware training programs (straight-through) below fp32; None at fp32."""
