@@ -79,6 +79,8 @@ def fronts_figure(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
         energies = [j for row in members for s in row["surfaces"].values() for _, j in s]
         energies += [p[1] for row in members for p in row["best_front"]]
         x_max = max(energies) * 2 if energies else 1.0
+        errors = [100.0 * e for row in members for s in row["surfaces"].values() for e, _ in s]
+        errors += [100.0 * p[0] for row in members for p in row["best_front"]]
         for row in members:
             c = colour[row["colour"]]
             surfaces = row["surfaces"]
@@ -109,6 +111,8 @@ def fronts_figure(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
                     zorder=3,
                 )
         ax.set_xscale("log")
+        if errors:  # the attained errors fill the height; a band that is unattained (100 %) runs off the top
+            ax.set_ylim(0.0, min(100.0, 1.15 * max(errors) + 0.5))
         ax.set_xlabel("energy per inference (nJ, log scale)")
         ax.set_ylabel("error (%)")
         ax.set_title(title or "fronts by backend")
