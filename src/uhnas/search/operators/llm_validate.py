@@ -285,18 +285,18 @@ class ArchValidator:
         """`error` followed by the evaluated networks one edit from a duplicate answer (nearest first, at most
         TAKEN_SHOWN, whole entries within ERROR_CHARS), so that the repair does not land on one of them next: a
         second duplicate costs a second repair call."""
-        near: list[tuple[float, int, TrialRecord]] = []
+        near: list[tuple[float, int, int, dict[str, Any]]] = []
         for order, record in enumerate(self.context.history):
             if record.arch is None or record.hash == key:
                 continue
             distance = structural_distance(arch, self.arch_of(record))
             if distance <= 1.0:
-                near.append((distance, order, record))
+                near.append((distance, order, record.number, record.arch))
         near.sort(key=lambda item: item[:2])
         text = error
-        for index, (*_, record) in enumerate(near[:TAKEN_SHOWN]):
+        for index, (_, _, number, layers) in enumerate(near[:TAKEN_SHOWN]):
             entry = "; already evaluated one edit from it: " if index == 0 else ", "
-            entry += f"#{record.number} ({compact_layers(record.arch)})"
+            entry += f"#{number} ({compact_layers(layers)})"
             if len(text) + len(entry) > ERROR_CHARS:
                 break
             text += entry
