@@ -154,6 +154,7 @@ def test_one_computation_stands_for_every_draw_exactly_as_computing_each(precisi
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     realized = load_backend("ideal", [f"precision={precision}"]).realize(model, 3, torch.Generator().manual_seed(0))
     every = RealizedModel(realized.model, realized.programs, realized.draws)
+    assert realized.computed_draws == 1 and every.computed_draws == 3  # one pass stands for the three draws
     with torch.no_grad():
         once, each = realized(x), every(x)
     assert once.shape == each.shape == (3, 16, 10)
