@@ -152,3 +152,17 @@ def test_open_errors_and_shared_storage(tmp_path: Path) -> None:
     assert len(open_run(tmp_path / "a").records()) == 1
     with pytest.raises(StoreError, match="already has a study named 'exp-a'"):
         RunStore.create(tmp_path / "b", {}, storage=url, study_name="exp-a")
+
+
+def test_a_copied_run_directory_opens_its_own_database(tmp_path: Path) -> None:
+    """run.yaml records the run's own study.db as null ("this directory"): a copy is independent of the original."""
+    import shutil
+
+    original = RunStore.create(tmp_path / "a", {"x": 1})
+    original.set("note", "original")
+    assert "storage: null" in (tmp_path / "a" / "run.yaml").read_text()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    copy = RunStore.open(tmp_path / "b")
+    copy.set("note", "copy")
+    assert RunStore.open(tmp_path / "a").metadata()["note"] == "original"
+    assert RunStore.open(tmp_path / "b").metadata()["note"] == "copy"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -165,3 +166,24 @@ grid:
     assert cells["uhnas"]["state"] == "failed" and "cannot reach LLM endpoint" in cells["uhnas"]["error"]
     failure = json.loads((tmp_path / "out" / "failures" / "uhnas.json").read_text())
     assert failure["kind"] == "error" and "cannot reach LLM endpoint" in failure["error"]
+
+
+def test_unfinished_cells_are_left_out_of_final_hypervolumes_fronts_and_diversity(study, tmp_path: Path):
+    """A report on a study in progress: a cell short of its budget has no final hypervolume, so it is not in the
+    HV tables, tests, fronts or diversity; its candidates still count for clean vs noisy."""
+    out, _ = study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    open_run(copy / "cells" / "ideal_random_s1").set("finished", False)
+    full = json.loads(invoke("study", "report", out, "--json").stdout)
+    result = invoke("study", "report", copy, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["cells"]["finished"] == full["cells"]["finished"] - 1
+    rows = {row["method"]: row for row in report["hypervolume"]}
+    assert rows["random"]["n"] == 1 and rows["nsga2"]["n"] == 2
+    (test,) = report["hypervolume_tests"]
+    assert test["test"] != "wilcoxon"  # the methods no longer share their seeds: unpaired
+    assert report["clean_vs_noisy"][0]["candidates"] == full["clean_vs_noisy"][0]["candidates"]
+    text = invoke("study", "report", copy)
+    assert "1 cell(s) not finished: hypervolume, fronts and diversity are over the finished cells only" in text.output

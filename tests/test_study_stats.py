@@ -83,3 +83,5 @@ def test_a_killed_session_counts_until_the_next_one_started():
         {"started": 2000.0, "slots": 1},  # the last session, killed: its end is unknown
     ]
     assert session_durations(sessions) == [(1000.0, 2), (600.0, 2), (0.0, 1)]
+    # a report while the last session still runs: it counts until now
+    assert session_durations(sessions, live_until=2500.0) == [(1000.0, 2), (600.0, 2), (500.0, 1)]

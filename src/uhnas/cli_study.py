@@ -185,6 +185,13 @@ def study_report(
             markup=False,
             soft_wrap=True,
         )
+        if c["finished"] < c["with_data"]:
+            console.print(
+                f"{c['with_data'] - c['finished']} cell(s) not finished: hypervolume, fronts and diversity are over "
+                "the finished cells only",
+                markup=False,
+                soft_wrap=True,
+            )
         for table in summary_tables(report):
             console.print(_table(table))
         console.print(f"report: {Path(out) / 'report'}", markup=False, soft_wrap=True)

@@ -197,8 +197,11 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def _write_run_file(out: Path, url: str, study_name: str, config: dict[str, Any]) -> None:
-    """run.yaml: where the study lives (storage URL, study name) and the resolved config."""
-    run_file = {"storage": url, "study_name": study_name, "config": config}
+    """run.yaml: where the study lives (storage URL, study name) and the resolved config. The run directory's own
+    study.db is recorded as null ("this directory"), not as an absolute path, so that a copied or moved run (or
+    study) directory opens its own database instead of the original's."""
+    local = url == sqlite_url(out)
+    run_file = {"storage": None if local else url, "study_name": study_name, "config": config}
     (out / RUN_FILE).write_text(yaml.safe_dump(run_file, sort_keys=False), encoding="utf-8")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -202,16 +203,18 @@ def _best_hv(data: CellData) -> float:
 # ----------------------------------------------------------------------------------------- build / write
 
 
-def session_durations(sessions: Sequence[dict[str, Any]]) -> list[tuple[float, int]]:
+def session_durations(sessions: Sequence[dict[str, Any]], live_until: float | None = None) -> list[tuple[float, int]]:
     """(wall seconds, slots) of each `study run` session, in start order.
 
     A session killed without writing its end (SIGKILL, a lost machine) ran at most until the next session started;
-    the last such session counts as 0 (its end is unknown).
+    the last session without an end counts until `live_until` when it is still running (the report of a study in
+    progress), else as 0 (its end is unknown).
     """
     ordered = sorted(sessions, key=lambda s: s["started"])
     durations = []
     for i, session in enumerate(ordered):
-        end = session.get("ended") or (ordered[i + 1]["started"] if i + 1 < len(ordered) else session["started"])
+        last_end = live_until if live_until is not None else session["started"]
+        end = session.get("ended") or (ordered[i + 1]["started"] if i + 1 < len(ordered) else last_end)
         durations.append((end - session["started"], int(session.get("slots") or 1)))
     return durations
 
@@ -224,20 +227,21 @@ def build_report(out: str | Path) -> dict[str, Any]:
     varied = varied_axes(cells)
     metrics = {d.cell.id: cell_metrics(d) for d in datas}
     paired = spec.report.paired
-    hv_summary, hv_tests = hypervolume_tables(datas, metrics, "method", varied, paired)
+    finished = [d for d in datas if d.finished]  # final hypervolumes, fronts and diversity: a cell at its budget
+    hv_summary, hv_tests = hypervolume_tables(finished, metrics, "method", varied, paired)
     ablations = {}
     for axis in varied:
         if axis in NON_ABLATION:
             continue
-        summary, tests = hypervolume_tables(datas, metrics, axis, varied, paired)
+        summary, tests = hypervolume_tables(finished, metrics, axis, varied, paired)
         ablations[axis] = {
             "hypervolume": summary,
             "tests": tests,
-            "diversity": diversity_table(datas, metrics, axis, varied),
+            "diversity": diversity_table(finished, metrics, axis, varied),
         }
     evaluation_seconds = sum(m["evaluation_seconds"] for m in metrics.values())
     sessions = directory.sessions()
-    durations = session_durations(sessions)
+    durations = session_durations(sessions, time.time() if directory.live_session(sessions) else None)
     wall = sum(d for d, _ in durations)
     capacity = sum(d * slots for d, slots in durations)
     return {
@@ -265,11 +269,11 @@ def build_report(out: str | Path) -> dict[str, Any]:
             }
             for d in datas
         ],
-        "fronts": attainment(datas, varied),
+        "fronts": attainment(finished, varied),
         "hypervolume": hv_summary,
         "hypervolume_tests": hv_tests,
         "hv_curves": hv_curves(datas, "method", varied),
-        "diversity": diversity_table(datas, metrics, "method", varied),
+        "diversity": diversity_table(finished, metrics, "method", varied),
         "clean_vs_noisy": clean_vs_noisy(datas, varied),
         "ablations": ablations,
     }
