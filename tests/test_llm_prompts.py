@@ -43,6 +43,13 @@ def ctx() -> dict[str, Any]:
     return example_context(architecture_schema())
 
 
+def offered_types(prompt: str) -> set[str]:
+    """The layer types the answer-format vocabulary offers ('{"type": "maxpool" | "avgpool", ...}' offers both)."""
+    vocabulary = prompt.split("## Answer format")[-1]
+    tags = re.findall(r'^  \{"type": ((?:"[a-z0-9_]+"(?: \| )?)+)', vocabulary, flags=re.M)
+    return {t for group in tags for t in re.findall(r'"([a-z0-9_]+)"', group)}
+
+
 def text_of(messages: list[dict[str, str]]) -> str:
     """All message contents joined."""
     return "\n".join(m["content"] for m in messages)
@@ -56,7 +63,7 @@ def test_every_template_renders_for_every_variant(kind: str, variant: str, ctx: 
     assert all(m["content"].strip() and "{{" not in m["content"] and "{%" not in m["content"] for m in messages)
     user = messages[1]["content"]
     if kind != "reflect":  # every kind that asks for an architecture documents the format from the schema
-        assert all(f'"type": "{t}"' in user for t in LAYER_TYPES)
+        assert offered_types(user) == set(LAYER_TYPES)
     else:
         assert '{"heuristics": [' in user
 
@@ -66,7 +73,7 @@ def test_every_layer_type_and_activation_of_the_ir_reaches_the_model(kind: str, 
     """The vocabulary in the prompt is rendered from the IR's own schema: nothing the IR accepts is left out."""
     user = render_messages(kind, ctx)[1]["content"]
     vocabulary = user.split("## Answer format")[1]
-    assert all(f'{{"type": "{t}"' in vocabulary for t in LAYER_TYPES)
+    assert offered_types(user) == set(LAYER_TYPES)
     line = next(line for line in vocabulary.splitlines() if '{"type": "activation"' in line)
     assert all(json.dumps(a) in line for a in ACTIVATIONS)
 
@@ -93,13 +100,34 @@ def test_kind_specific_content(ctx: dict[str, Any]) -> None:
     assert "max_mzis: 36,864 MZIs > limit 32,768 MZIs" in mutate  # a recent candidate's violation
     assert "Energy on the front by component: laser 64%" in mutate
     assert json.dumps(ctx["knowledge"][0]) in mutate  # heuristics appear as JSON-quoted data
+    assert "A network is either an MLP: flatten first" in mutate and "(8x8 -> 4x4 -> 2x2 -> 1x1)" in mutate
+    assert "at most 3 of them in all" in mutate and "Valid networks for this task" not in mutate
     crossover = render_messages("crossover", ctx)[1]["content"]
     assert "Parent A #3: error" in crossover and "Parent B #11: error" in crossover
+    # the CNN parent: what its conv/pool part leaves, and how many halvings still fit; an MLP parent: nothing
+    assert "leave an image of 8x4x4 (room for 2 more halvings)" in crossover and crossover.count("leave an image") == 1
+    one_by_one = {**ctx["parents"][1], "image": [16, 1, 1]}
+    cramped = render_messages("crossover", {**ctx, "parents": [ctx["parents"][0], one_by_one]})[1]["content"]
+    assert "leave an image of 16x1x1 (no room for another pooling or stride-2 layer)" in cramped
+    # a parent whose energy splits as the front's says so instead of repeating the shares
+    same = {**ctx["parents"][0], "energy_breakdown_nj": ctx["front"][0]["energy_breakdown_nj"]}
+    front_of_one = render_messages("crossover", {**ctx, "front": [ctx["front"][0]], "parents": [same, one_by_one]})
+    assert "energy 0.74 nJ (split as on the front)" in front_of_one[1]["content"]
     init = render_messages("init", ctx)[1]["content"]
     assert '{"architectures": [...]} holding 4 network objects' in init
     refused = [{"layers": "linear 10", "why": "shape"}]
     init_one = render_messages("init", {**ctx, "count": 1, "rejected": refused})[1]["content"]
     assert "Propose ONE network" in init_one and '"architectures"' not in init_one
+    # two valid networks in the answer's JSON form: an MLP and a CNN (a small model's first answers need them)
+    examples = init_one.split("## Valid networks for this task")[1].split("##")[0].strip().splitlines()[1:]
+    assert [json.loads(e)["layers"][0]["type"] for e in examples] == ["flatten", "conv2d"]
+    assert all(json.loads(e)["layers"][-1] == {"type": "linear", "out_features": 10, "bias": True} for e in examples)
+    flat_task = {**ctx["task"], "input_shape": [64]}
+    flat_init = render_messages("init", {**ctx, "count": 1, "task": flat_task})[1]["content"]
+    flat_examples = flat_init.split("## Valid networks for this task")[1].split("##")[0].strip().splitlines()[1:]
+    assert [[layer["type"] for layer in json.loads(e)["layers"]] for e in flat_examples] == [
+        ["linear", "activation", "linear"]
+    ]
     assert "Refused earlier for this slot (do not answer these again):\n- linear 10 (shape)" in init_one
     reflect = render_messages("reflect", ctx)[1]["content"]
     assert "## Rules for a valid network" in mutate and "## Rules" not in reflect  # reflect designs no network
@@ -131,7 +159,8 @@ def test_hardware_detail_only_in_hardware_aware_system_prompt(ctx: dict[str, Any
             assert f"{name} {constant['value']:,g} {constant['unit']}" in hardware.split("Other:")[0]
         else:
             assert f"{name}={constant['value']:,g}" in hardware.split("Other:")[1]
-    assert "energy: laser, dac, modulators, adc" in hardware and "phase noise" in hardware
+    assert ctx["backend"]["description"] in hardware and "phase noise" in hardware
+    assert "Simulated:" not in hardware  # the card's list of models repeats its description: not shown
     assert "The laser dominates" in hardware  # energy_components_hint
     for variant in ("generic", "minimal"):
         system = render_messages("mutate", ctx, system_variant=variant)[0]["content"]
@@ -247,6 +276,8 @@ def test_describe_schema_lists_layer_vocabulary() -> None:
     text = describe_schema(answer_schema(architecture_schema()))
     assert text.startswith('- "layers": list of (1..32) layer objects, each one of:')
     assert '{"type": "conv2d", "out_channels": 1..256, "kernel": 1..7, "stride": 1..3' in text
+    assert '  {"type": "maxpool" | "avgpool", "kernel": 2..4, "stride": 1..4 or null}' in text  # same fields: one line
+    assert '  {"type": "flatten"}\n' in text and '  {"type": "batchnorm"}\n' in text  # bare types keep their own
     assert '"square"' in text and text.endswith('- "name": string (<= 40 chars)\n- "rationale": string (<= 300 chars)')
     flatten = answer_schema(architecture_schema())["properties"]["layers"]["items"]["anyOf"]
     assert any("an MLP starts with it" in v.get("description", "") for v in flatten)

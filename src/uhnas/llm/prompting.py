@@ -40,7 +40,8 @@ A candidate summary is::
      clean_accuracy, noisy_accuracy, noisy_p5, robustness_drop (clean - noisy mean): float | None,
      energy_nj: float | None, energy_breakdown_nj: {component: nJ}, params: int | None, macs: int | None,
      violations: [{constraint, limit, actual, unit} | str], feasible: bool, rationale: str | None,
-     name: str | None (optional), failure: str | None (optional: why evaluation failed)}
+     name: str | None (optional), failure: str | None (optional: why evaluation failed),
+     image: [C, H, W] | None (optional, parents: the image a CNN's layers leave before its flatten)}
 
 Untrusted text (names, rationales, failure messages, heuristics: all written by earlier model calls) is stripped
 of control and format characters, collapsed to one line, truncated to UNTRUSTED_CHARS and rendered as a JSON
@@ -163,7 +164,7 @@ def _layers_json(layers: Any) -> str:
     return json.dumps({"layers": clean})
 
 
-def _constants(constants: Mapping[str, Any], limit: int = 450) -> str:
+def _constants(constants: Mapping[str, Any], limit: int = 350) -> str:
     """Backend constants in at most `limit` characters: the physical limits (max_*) first with their units, then
     the others as name=value (a unit only when it is short); the rest counted."""
     limits, others = [], []
@@ -186,24 +187,52 @@ def _constants(constants: Mapping[str, Any], limit: int = 450) -> str:
 
 
 def _shape_rules(task: Mapping[str, Any]) -> str:
-    """The shape rules of the task in plain words (image input: where flatten goes; the classifier)."""
+    """The shape rules of the task in plain words: the two network forms an image input allows (MLP, CNN), where
+    flatten goes, how many halvings of the image fit, and the classifier."""
     shape = [int(d) for d in task["input_shape"]]
     classes = int(task["num_classes"])
     last = f'2. The last layer is {{"type": "linear", "out_features": {classes}, "bias": true}} ({classes} classes).'
     if len(shape) == 3:
-        side = min(shape[1], shape[2])
-        halvings = max(0, int(math.log2(side))) if side > 0 else 0
-        sizes = [side]
-        while len(sizes) <= halvings:
-            sizes.append(sizes[-1] // 2)
+        sizes = _halved_sides(min(shape[1], shape[2]))
         return (
-            f"1. The input is an image of {_shape(shape)} (channels x height x width). conv2d and pooling layers "
-            'work on images; linear layers need a flat vector. Put exactly one {"type": "flatten"} after the last '
-            "conv2d or pooling layer and before the first linear layer (an MLP starts with flatten). No conv2d or "
-            f"pooling after flatten. Each pooling layer or stride-2 conv2d halves the image "
-            f"({' -> '.join(f'{n}x{n}' for n in sizes)}): use at most {halvings} of them in all.\n{last}"
+            f"1. The input is an image of {_shape(shape)} (channels x height x width). A network is either an MLP: "
+            "flatten first, then linear layers (activations between them); or a CNN: conv2d and pooling layers, "
+            "then one flatten, then linear layers. So: exactly one flatten, every conv2d and pooling layer before "
+            "it, every linear layer after it. Each pooling layer or stride-2 conv2d halves the image "
+            f"({' -> '.join(f'{n}x{n}' for n in sizes)}): use at most {len(sizes) - 1} of them in all.\n{last}"
         )
     return f"1. The input is a flat vector of {shape[0]} features: use no flatten, conv2d or pooling.\n{last}"
+
+
+def _halved_sides(side: int) -> list[int]:
+    """An image side halved until 1: 8 -> [8, 4, 2, 1] (the sizes pooling or stride 2 can reach)."""
+    sizes = [max(1, side)]
+    while sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def _image_room(image: Sequence[int], task: Mapping[str, Any]) -> str:
+    """What a CNN's conv/pool part leaves before its flatten, and how many more halvings fit (small models add a
+    pooling layer to a 1x1 image unless told)."""
+    side = min(int(image[-2]), int(image[-1]))
+    room = len(_halved_sides(side)) - 1
+    left = "no room for another pooling or stride-2 layer" if room == 0 else (
+        f"room for {room} more halving{'s' if room > 1 else ''}")  # fmt: skip
+    return f"its layers before flatten leave an image of {_shape(image)} ({left})"
+
+
+def _examples(task: Mapping[str, Any]) -> list[str]:
+    """Valid networks for the task in the answer's JSON form: an MLP and, for an image input, a small CNN."""
+    classes = int(task["num_classes"])
+    head = [{"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"},
+            {"type": "linear", "out_features": classes}]  # fmt: skip
+    if len(task["input_shape"]) != 3:
+        return [_layers_json(_full_layers(head))]
+    cnn = [{"type": "conv2d", "out_channels": 8, "kernel": 3, "padding": 1},
+           {"type": "activation", "function": "relu"}, {"type": "maxpool", "kernel": 2}, {"type": "flatten"},
+           {"type": "linear", "out_features": classes}]  # fmt: skip
+    return [_layers_json(_full_layers([{"type": "flatten"}, *head])), _layers_json(_full_layers(cnn))]
 
 
 # --- compact architecture text ---------------------------------------------------------------------------------
@@ -359,9 +388,14 @@ def describe_schema(schema: Mapping[str, Any]) -> str:
             lines.append(f'- "{name}": {_type_text(node)}')
             continue
         lines.append(f'- "{name}": {_bounds(node, "list of")} layer objects, each one of:')
+        tags_by_fields: dict[str, list[str]] = {}  # variants with the same fields share a line (maxpool | avgpool)
         for tag, variant in variants:
             fields = [f'"{k}": {_value_text(v)}' for k, v in variant.get("properties", {}).items() if k != "type"]
-            lines.append(f'  {{"type": "{tag}"' + (", " + ", ".join(fields) if fields else "") + "}")
+            key = "".join(", " + f for f in fields) if fields else f"\0{tag}"  # a bare type keeps its own line
+            tags_by_fields.setdefault(key, []).append(json.dumps(tag))
+        for key, tags in tags_by_fields.items():
+            fields_text = "" if key.startswith("\0") else key
+            lines.append(f'  {{"type": {" | ".join(tags)}{fields_text}}}')
     return "\n".join(lines)
 
 
@@ -482,7 +516,7 @@ def _environment() -> jinja2.Environment:
         q=quote, num=_num, count=_count, shape=_shape, energy_shares=_energy_shares,
         violations=_violations, limits=_limits, task=_task, objective=_objective, by_drop=_by_drop,
         vocabulary=describe_schema, ident=_ident, layers=_layers_text, line=one_line, layers_json=_layers_json,
-        constants=_constants, shape_rules=_shape_rules,
+        constants=_constants, shape_rules=_shape_rules, image_room=_image_room, examples=_examples,
     )  # fmt: skip
     env.filters.update({name: _strict(fn) for name, fn in filters.items()})
     env.globals["shown"] = dict(SHOWN)
@@ -583,6 +617,7 @@ def example_context(schema: Mapping[str, Any]) -> dict[str, Any]:
                            "detectors": 0.7, "phase_holding": 0.02, "digital": 0.3, "memory": 0.5}, 5218, 9216,
                            "A single 3x3 conv block captures strokes; pooling halves the classifier size."),
     ]  # fmt: skip
+    front[2]["image"] = [8, 4, 4]  # the CNN's conv and pooling leave 8x4x4 before its flatten
     recent = [
         front[2],
         _example_candidate(14, wide, 0.981, 0.902, 0.861, {"laser": 61.0, "dac": 4.1, "modulators": 0.9,

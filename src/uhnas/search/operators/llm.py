@@ -48,6 +48,7 @@ from uhnas.search.operators.llm_summary import (
     layers_only,
     layers_only_summary,
     neighbours,
+    parent_summary,
     steer_target,
     target_band,
     target_direction,
@@ -137,7 +138,7 @@ class MutatePrompt(_Family):
 
     def propose(self, context: OperatorContext, parent: TrialRecord) -> Proposal:
         band = target_band(context) if self.ask.steering else None
-        ctx = {**self.ask.search_context(context), "parent": candidate_summary(parent),
+        ctx = {**self.ask.search_context(context), "parent": parent_summary(parent, context),
                "target": steer_target(band, parent.energy_nj)}  # fmt: skip
         ctx["near"] = neighbours(context, [parent], _shown(ctx), self.ask.arch_of, self.ask.pending.before(context),
                                  target_direction(band, parent.energy_nj), parent.energy_nj)  # fmt: skip
@@ -157,8 +158,8 @@ class CrossoverPrompt(_Family):
         band = target_band(context) if self.ask.steering else None
         energies = [e for e in (first.energy_nj, second.energy_nj) if e is not None and e > 0]
         energy = math.prod(energies) ** (1 / len(energies)) if energies else None
-        ctx = {**self.ask.search_context(context), "parents": [candidate_summary(first), candidate_summary(second)],
-               "target": steer_target(band, energy)}  # fmt: skip
+        parents = [parent_summary(first, context), parent_summary(second, context)]
+        ctx = {**self.ask.search_context(context), "parents": parents, "target": steer_target(band, energy)}
         ctx["near"] = neighbours(context, [first, second], _shown(ctx), self.ask.arch_of,
                                  self.ask.pending.before(context), target_direction(band, energy), energy)  # fmt: skip
         return ctx

@@ -43,6 +43,7 @@ __all__ = [
     "neighbours",
     "energy_bands",
     "init_target",
+    "parent_summary",
     "pending_summary",
     "search_context",
     "steer_target",
@@ -114,6 +115,18 @@ def candidate_summary(record: TrialRecord) -> dict[str, Any]:
     }
     if record.failed:
         summary["failure"] = record.reason or "evaluation failed"
+    return summary
+
+
+def parent_summary(record: TrialRecord, context: OperatorContext) -> dict[str, Any]:
+    """A parent's candidate summary plus `image`: the C x H x W a CNN's layers leave before its flatten (None for
+    an MLP or a flat input), from which the prompt says how many more halvings of the image fit."""
+    summary = candidate_summary(record)
+    layers = summary["layers_json"]
+    at = next((i for i, layer in enumerate(layers) if layer.get("type") == "flatten"), 0)
+    if len(context.input_shape) == 3 and at > 0:
+        shapes = analyze(Architecture.model_validate({"layers": layers}), context.input_shape, context.num_classes)
+        summary["image"] = list(shapes.layers[at - 1].out_shape)
     return summary
 
 
