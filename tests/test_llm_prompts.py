@@ -248,6 +248,20 @@ def test_repair_message_quotes_exact_errors() -> None:
     assert "All 2 problems found" in text  # every error in one repair turn
     batch = render_repair(["architecture 0: bad"], attempt=3, max_attempts=3, count=5)
     assert '{"architectures": [...]} holding 5 networks' in batch and "(attempt 2 of 3)" in batch
+    assert "numbered from 0" not in text  # without the answer's layers there is nothing to number
+
+
+def test_repair_lists_the_answers_layers_by_number_with_the_faulty_ones_marked() -> None:
+    conv = {"type": "conv2d", "out_channels": 8, "kernel": 3, "stride": 2, "padding": 1}
+    layers = [conv, {"type": "activation", "function": "relu"}, conv, conv, {"type": "maxpool", "kernel": 2},
+              {"type": "flatten"}, {"type": "linear", "out_features": 10}]  # fmt: skip
+    errors = ["layer 4 (maxpool): kernel 2 is larger than the input 1x1; remove this layer"]
+    text = render_repair(errors, attempt=2, max_attempts=3, layers=layers)
+    listing = text.split("Your layers, numbered from 0:\n")[1].split("\n\n")[0].splitlines()
+    assert listing == ["0 conv2d 8 k3 s2 p1", "1 relu", "2 conv2d 8 k3 s2 p1", "3 conv2d 8 k3 s2 p1",
+                       "4 maxpool 2 <- problem", "5 flatten", "6 linear 10"]  # fmt: skip
+    for unnamed in (["duplicate of an already evaluated architecture"], ["layer 9 (linear): out of range"]):
+        assert "numbered from 0" not in render_repair(unnamed, attempt=2, max_attempts=3, layers=layers)
 
 
 def test_compact_layers() -> None:

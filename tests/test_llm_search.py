@@ -631,6 +631,8 @@ def test_every_shape_error_is_in_one_repair_turn(tmp_path: Path) -> None:
     assert errors[1].startswith("layer 2 (conv2d): input is flat") and "must come before the flatten" in errors[1]
     assert errors[2].startswith("layer 3 (flatten): input is already flat")
     assert "All 3 problems found" in repair and all(e in repair for e in errors)
+    numbered = "0 linear 32 <- problem\n1 relu\n2 conv2d 4 k3 <- problem\n3 flatten <- problem\n4 linear 10\n"
+    assert f"Your layers, numbered from 0:\n{numbered}" in repair
 
 
 def test_trivial_shape_errors_are_autofixed_and_counted_apart(tmp_path: Path) -> None:

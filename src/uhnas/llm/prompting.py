@@ -76,6 +76,7 @@ __all__ = [
     "describe_schema",
     "example_context",
     "llmatic_instructions",
+    "numbered_layers",
     "quote",
     "render_messages",
     "render_repair",
@@ -558,10 +559,26 @@ def render_messages(
     ]
 
 
-def render_repair(errors: Sequence[str], *, attempt: int, max_attempts: int, count: int | None = None) -> str:
-    """The user message asking to correct the previous answer, quoting its exact errors (count: a batch answer)."""
+def render_repair(
+    errors: Sequence[str], *, attempt: int, max_attempts: int, count: int | None = None, layers: Any = None
+) -> str:
+    """The user message asking to correct the previous answer, quoting its exact errors (count: a batch answer).
+    With the answer's `layers`, errors that name a layer also get the layers listed by number with those marked:
+    a small model told "layer 6" otherwise tends to send the same network back."""
     return _render("repair.j2", {"errors": list(errors), "attempt": attempt, "max_attempts": max_attempts,
-                                 "count": count})  # fmt: skip
+                                 "count": count, "numbered": numbered_layers(layers, errors)})  # fmt: skip
+
+
+_LAYER_ERROR = re.compile(r"^layer (\d+) \(")
+
+
+def numbered_layers(layers: Any, errors: Sequence[str]) -> list[str]:
+    """An answer's layers one per line, "6 maxpool 2 <- problem" where an error names the layer; [] when no
+    error names a layer of the list (a schema error, a duplicate, a batch answer)."""
+    marked = {int(m.group(1)) for e in errors if (m := _LAYER_ERROR.match(e))}
+    if not marked or not isinstance(layers, list) or not marked <= set(range(len(layers))):
+        return []
+    return [f"{i} {_compact_layer(layer)}" + (" <- problem" if i in marked else "") for i, layer in enumerate(layers)]
 
 
 def llmatic_instructions() -> list[str]:

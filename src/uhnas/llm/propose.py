@@ -281,7 +281,8 @@ class _Loop:
                 self.conversation += [
                     {"role": "assistant", "content": said or reply.text or "(empty answer)"},
                     {"role": "user", "content": render_repair(errors, attempt=number + 1,
-                                                              max_attempts=self.max_attempts, count=count)},
+                                                              max_attempts=self.max_attempts, count=count,
+                                                              layers=(data or {}).get("layers"))},
                 ]  # fmt: skip
         last = "; ".join(self.attempts[-1].errors)
         raise ProposalFailed(
