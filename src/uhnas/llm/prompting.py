@@ -226,11 +226,11 @@ def _image_room(image: Sequence[int], task: Mapping[str, Any]) -> str:
 def _examples(task: Mapping[str, Any]) -> list[str]:
     """Valid networks for the task in the answer's JSON form: an MLP and, for an image input, a small CNN."""
     classes = int(task["num_classes"])
-    head = [{"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"},
+    head: list[dict[str, Any]] = [{"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"},
             {"type": "linear", "out_features": classes}]  # fmt: skip
     if len(task["input_shape"]) != 3:
         return [_layers_json(_full_layers(head))]
-    cnn = [{"type": "conv2d", "out_channels": 8, "kernel": 3, "padding": 1},
+    cnn: list[dict[str, Any]] = [{"type": "conv2d", "out_channels": 8, "kernel": 3, "padding": 1},
            {"type": "activation", "function": "relu"}, {"type": "maxpool", "kernel": 2}, {"type": "flatten"},
            {"type": "linear", "out_features": classes}]  # fmt: skip
     return [_layers_json(_full_layers([{"type": "flatten"}, *head])), _layers_json(_full_layers(cnn))]
