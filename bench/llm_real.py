@@ -63,6 +63,11 @@ def slot_outcomes(out: Path) -> dict[str, int]:
     return outcomes
 
 
+def _rounded(value: float | None, digits: int = 2) -> float | None:
+    """A figure for printing: `digits` decimals (None stays None: an empty front has no range)."""
+    return None if value is None else round(value, digits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", required=True)
@@ -121,8 +126,8 @@ def main() -> None:
         "answers": acc["answers"], "reflect_answers": acc["reflect_answers"],
         "front_size": acc["front"]["size"], "front_llm": acc["front"]["llm"],
         "hypervolume": round(result.hypervolume, 4),
-        "front_energy_range_decades": diversity["front_energy_range_decades"],
-        "front_mean_distance": diversity["front_mean_distance"],
+        "front_energy_range_decades": _rounded(diversity["front_energy_range_decades"]),
+        "front_mean_distance": _rounded(diversity["front_mean_distance"]),
     }  # fmt: skip
     print(f"{args.model} on {args.base_url}: uhnas, {args.budget} budget ({slots} slots), backend {args.backend}, "
           f"steering {args.steering}, autofix {args.autofix}: {wall:.0f} s wall -> {out}")  # fmt: skip
@@ -137,8 +142,8 @@ def main() -> None:
           f"{figures['completion_tokens_per_call_second']} completion tokens per second of call time")  # fmt: skip
     print(f"  answers by verdict: {acc['answers']}; reflect: {acc['reflect_answers']}")
     print(f"  final front: {acc['front']['llm']} of {acc['front']['size']} by the LLM; hypervolume "
-          f"{result.hypervolume:.4f}; energy range {diversity['front_energy_range_decades']} decades; "
-          f"mean distance {diversity['front_mean_distance']}")  # fmt: skip
+          f"{result.hypervolume:.4f}; energy range {figures['front_energy_range_decades']} decades; "
+          f"mean distance {figures['front_mean_distance']}")  # fmt: skip
     if figures["fallback"] > 0:
         print(f"  note: the conventional operator filled {outcomes['fallback']} of {slots} slots (llm-fallback)")
     if args.json:
