@@ -635,6 +635,31 @@ def test_every_shape_error_is_in_one_repair_turn(tmp_path: Path) -> None:
     assert f"Your layers, numbered from 0:\n{numbered}" in repair
 
 
+def test_a_flatten_before_the_image_layers_is_named_once_with_the_fix() -> None:
+    from uhnas.search.operators.llm_validate import shape_report
+
+    conv, relu = {"type": "conv2d", "out_channels": 4, "kernel": 3, "padding": 1}, {"type": "activation",
+                                                                                    "function": "relu"}  # fmt: skip
+    flat, head = {"type": "flatten"}, {"type": "linear", "out_features": 10}
+
+    def errors(*layers: dict[str, Any]) -> list[str]:
+        report = shape_report(parse_architecture({"layers": list(layers)}), (1, 8, 8), 10)
+        assert report.fixed is None  # moving a flatten is design, not plumbing: a repair turn, never an auto-fix
+        return report.errors
+
+    # Qwen2.5-Coder 1.5B's CNN: flatten first, then the conv block, then another flatten
+    assert errors(flat, conv, relu, conv, {"type": "maxpool", "kernel": 2}, flat, head) == [
+        "layer 0 (flatten): it comes before the layers 1 (conv2d), 3 (conv2d), 4 (maxpool), which need the image "
+        "(conv2d and pooling work on C x H x W); remove it (layer 5 flattens after them)"
+    ]
+    assert errors(flat, conv, relu, head)[0].endswith("; move it to just after layer 1, the last of them")
+    assert len(errors(flat, conv, relu, head)) == 1  # with it moved the network is valid: nothing else to report
+    # a linear layer among them: the layer-by-layer errors say more than "move the flatten"
+    assert errors(flat, {"type": "linear", "out_features": 8}, conv, head)[0].startswith(
+        "layer 2 (conv2d): input is flat"
+    )
+
+
 def test_trivial_shape_errors_are_autofixed_and_counted_apart(tmp_path: Path) -> None:
     mlp = json.dumps({"layers": [{"type": "linear", "out_features": 24}, {"type": "activation", "function": "relu"},
                                  {"type": "linear", "out_features": 90}]})  # fmt: skip

@@ -138,6 +138,8 @@ def shape_report(arch: Architecture, input_shape: tuple[int, ...], num_classes: 
     report = ShapeReport()
     trivial = True
     shape = "x".join(str(d) for d in input_shape)
+    if len(input_shape) == 3 and _early_flatten(layers, origin, report):
+        trivial = False
     for _ in range(len(layers) + 4):
         try:
             analyze(Architecture(layers=layers), input_shape, num_classes)  # type: ignore[arg-type]
@@ -178,6 +180,34 @@ def shape_report(arch: Architecture, input_shape: tuple[int, ...], num_classes: 
     if trivial and report.errors:
         report.fixed = layers
     return report
+
+
+_SPATIAL = ("conv2d", "maxpool", "avgpool")
+
+
+def _early_flatten(layers: list[dict[str, Any]], origin: list[int | None], report: ShapeReport) -> bool:
+    """A flatten put before conv2d / pooling layers (small models open a CNN with one): the error names that
+    flatten, not each image layer after it, and says to remove it (a later flatten exists) or to move it after
+    the last image layer; the stand-in fix does so, in place. False when the network has no such flatten (or a
+    linear layer sits among those image layers, which the layer-by-layer errors describe better)."""
+    kinds = [layer.get("type") for layer in layers]
+    first = kinds.index("flatten") if "flatten" in kinds else None
+    image_after = [] if first is None else [i for i in range(first + 1, len(kinds)) if kinds[i] in _SPATIAL]
+    if first is None or not image_after or "linear" in kinds[first : image_after[-1]]:
+        return False
+    last = image_after[-1]
+    named = ", ".join(f"{i} ({kinds[i]})" for i in image_after[:4]) + (", ..." if len(image_after) > 4 else "")
+    later = next((i for i in range(last + 1, len(kinds)) if kinds[i] == "flatten"), None)
+    what = f"remove it (layer {later} flattens after them)" if later is not None else (
+        f"move it to just after layer {last}, the last of them")  # fmt: skip
+    report.errors.append(f"layer {first} (flatten): it comes before the layers {named}, which need the image "
+                         f"(conv2d and pooling work on C x H x W); {what}")  # fmt: skip
+    if later is None:
+        layers.insert(last + 1, {"type": "flatten"})
+        origin.insert(last + 1, None)
+    del layers[first]
+    del origin[first]
+    return True
 
 
 def _fix_classifier(layers: list[dict[str, Any]], num_classes: int) -> str:
