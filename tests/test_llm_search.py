@@ -130,7 +130,8 @@ def test_uhnas_completes_its_budget_through_faults_and_repairs_invalid_answers(t
             earlier = [d for d in log if d["id"] < c["id"] and d["purpose"] == c["purpose"]]
             second_duplicate = (c["meta"]["verdict"] == "duplicate" and c["meta"]["attempt"] > 1
                                 and earlier[-1]["meta"]["verdict"] == "duplicate")  # fmt: skip
-            if second_duplicate:  # two duplicates in a row end the conversation: the slot is asked afresh
+            parent_copy = c["meta"]["verdict"] == "duplicate" and "(a parent)" in c["meta"]["errors"][0]
+            if second_duplicate or parent_copy:  # the conversation ends: the slot is asked afresh
                 assert nxt["meta"]["attempt"] == 1 and len(nxt["request"]["messages"]) == 2
                 continue
             assert nxt["purpose"] == c["purpose"] and nxt["meta"]["attempt"] == c["meta"]["attempt"] + 1
@@ -432,7 +433,7 @@ def test_a_duplicate_names_the_networks_taken_one_edit_away_and_two_in_a_row_end
         **{**operator_context(set()).__dict__, "history": history,
            "is_known": {r.hash for r in history}.__contains__},
     )  # fmt: skip
-    validator = ArchValidator(context, lambda s: [], parents=(5,))
+    validator = ArchValidator(context, lambda s: [], parents=(9,))
     assert validator.saturated() is None
     errors = validator({"layers": history[0].arch["layers"]})  # type: ignore[index]
     assert validator.verdicts[-1][0] == "duplicate"
@@ -446,9 +447,16 @@ def test_a_duplicate_names_the_networks_taken_one_edit_away_and_two_in_a_row_end
         "layers": [{"type": "flatten"}, {"type": "linear", "out_features": 20}, {"type": "linear", "out_features": 10}]
     }
     assert validator(fresh) == [] and validator.saturated() is None
+    # a parent sent back unchanged ends the conversation at once (a small model copies its copy again)
+    copier = ArchValidator(context, lambda s: [], parents=(3, 9))
+    assert copier({"layers": history[0].arch["layers"]})[0].startswith(f"{DUPLICATE}: it is #3 (a parent)")  # type: ignore[index]
+    assert (
+        copier.saturated() == "the answer repeated a parent unchanged" and copier.refusal("duplicate") == "parent-copy"
+    )
+    assert copier(fresh) == [] and copier.saturated() is None and copier.refusal("shape") == "shape"
 
 
-def test_two_duplicates_in_a_row_end_the_conversation_and_the_slot_is_asked_afresh(tmp_path: Path) -> None:
+def test_a_parent_sent_back_ends_the_conversation_and_the_slot_is_asked_afresh(tmp_path: Path) -> None:
     def parrot(body: dict[str, Any]) -> str:
         """Answers every mutation with its parent (a duplicate), everything else as the cooperative model."""
         user = user_text(body)
@@ -463,9 +471,11 @@ def test_two_duplicates_in_a_row_end_the_conversation_and_the_slot_is_asked_afre
     records = check_complete(tmp_path / "run", config)
     mutate = [c for c in calls(tmp_path / "run") if c["purpose"] == "mutate"]
     assert mutate and all(c["meta"]["verdict"] == "duplicate" for c in mutate)
-    assert max(c["meta"]["attempt"] for c in mutate) == 2  # never a third turn of a saturated conversation
+    assert max(c["meta"]["attempt"] for c in mutate) == 1  # no repair turn for a copied parent
     per_slot = Counter(c["meta"]["slot"] for c in mutate)
-    assert per_slot == {0: 6, 1: 6}  # 3 fresh conversations of 2 calls: the slot's call cap, then the fallback
+    assert per_slot == {0: 6, 1: 6}  # 6 fresh conversations of 1 call: the slot's call cap, then the fallback
+    later = [c for c in mutate if c["meta"]["slot_attempt"] > 0]
+    assert later and all("(parent-copy)" in c["request"]["messages"][1]["content"] for c in later)
     assert [r.operator for r in records if r.generation == 1] == ["random-mutate(llm-fallback)"] * 2
 
 

@@ -345,7 +345,7 @@ class LLMAsk:
             verdicts = validator.classify(exc.attempts)
             self._annotate(exc.attempts, verdicts)
             self.slots.spend(context, len(exc.attempts))
-            self.refuse(context, validator.last_layers, verdicts[-1])
+            self.refuse(context, validator.last_layers, validator.refusal(verdicts[-1]))
             if self.slots.last_try(context):
                 tally = CallTally()
                 tally.add(exc.attempts, verdicts)

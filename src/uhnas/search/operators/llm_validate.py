@@ -71,6 +71,7 @@ DUPLICATE_HINT = (
 )
 TOP_LEVEL_KEYS = ("name", "rationale", "layers")
 MAX_STRUCTURE_ERRORS = 5
+PARENT_COPY = "parent-copy"  # refusal reason of an answer that repeated a parent unchanged
 TAKEN_SHOWN = 3  # evaluated networks one edit from a duplicate answer, named in its repair turn
 _LAYER_FIELDS: dict[str, tuple[str, ...]] = {
     cls.model_fields["type"].annotation.__args__[0]: tuple(cls.model_fields)  # type: ignore[union-attr]
@@ -248,6 +249,7 @@ class ArchValidator:
         self.fixed: dict[str, Any] | None = None  # the last answer with its trivial shape errors fixed
         self.fixes: list[str] = []
         self.last_layers: str | None = None  # compact layers of the last answer judged (for the refused list)
+        self.copied_parent = False  # the last answer judged is one of the parents, unchanged
 
     def __call__(self, data: dict[str, Any]) -> list[str]:
         layers = data.get("layers") if isinstance(data, dict) else None
@@ -259,7 +261,7 @@ class ArchValidator:
     def judge(self, data: Mapping[str, Any]) -> tuple[str, list[str]]:
         """(verdict, one-line errors) of one decoded answer."""
         data = normalise(data)
-        self.fixed, self.fixes = None, []
+        self.fixed, self.fixes, self.copied_parent = None, [], False
         errors = _structure_errors(data)
         if errors:
             return "schema", [one_line(e, ERROR_CHARS) for e in errors]
@@ -290,18 +292,27 @@ class ArchValidator:
         if violations:
             return "constraint", [one_line(_violation_error(v), ERROR_CHARS) for v in violations]
         key = arch_hash(arch)
+        self.copied_parent = any(r.hash == key and r.number in self.parents for r in self.context.history)
         if self.context.is_known(key):
             error = f"{DUPLICATE}: it is {self._which(key)}; {DUPLICATE_HINT}"
             return "duplicate", [self._taken_near(arch, key, error)]
         return "valid", []
 
     def saturated(self) -> str | None:
-        """Why to stop repairing: the last two answers were both duplicates, so the parents' neighbourhood is
-        taken. A fresh attempt (other parents, the refused networks listed) costs less than a third turn of this
-        conversation and is likelier to land on a new network. None: repair as usual."""
+        """Why to stop repairing: the last answer repeated a parent unchanged (a model that copied its input
+        copies its own copy again in the repair turn: Qwen2.5-Coder 1.5B did so every time), or the last two
+        answers were both duplicates, so the parents' neighbourhood is taken. A fresh attempt (other parents,
+        the refused networks listed) costs less than another turn of this conversation and is likelier to land
+        on a new network. None: repair as usual."""
+        if self.verdicts and self.verdicts[-1][0] == "duplicate" and self.copied_parent:
+            return "the answer repeated a parent unchanged"
         if len(self.verdicts) >= 2 and all(verdict == "duplicate" for verdict, _ in self.verdicts[-2:]):
             return "two duplicates in a row (the parents' neighbourhood is taken)"
         return None
+
+    def refusal(self, verdict: str) -> str:
+        """The one-word reason a refused answer is listed under in the slot's next attempt."""
+        return PARENT_COPY if verdict == "duplicate" and self.copied_parent else verdict
 
     def _which(self, key: str) -> str:
         """Which known network an answer repeats: a trial (the parent, when it is one) or a pending proposal."""
