@@ -164,7 +164,8 @@ def test_failing_callback_stops_running_jobs_and_bad_setup_raises():
 
 # A parent with two light workers (no torch) that runs one job: announce it is running (a file), then sleep.
 CHILD = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even when started as a background job
 sys.path.insert(0, sys.argv[3])
 from uhnas.search.executor import ProcessExecutor
 executor = ProcessExecutor(
