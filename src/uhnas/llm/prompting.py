@@ -76,7 +76,6 @@ __all__ = [
     "describe_schema",
     "example_context",
     "llmatic_instructions",
-    "numbered_layers",
     "quote",
     "render_messages",
     "render_repair",
@@ -213,7 +212,7 @@ def _halved_sides(side: int) -> list[int]:
     return sizes
 
 
-def _image_room(image: Sequence[int], task: Mapping[str, Any]) -> str:
+def _image_room(image: Sequence[int]) -> str:
     """What a CNN's conv/pool part leaves before its flatten, and how many more halvings fit (small models add a
     pooling layer to a 1x1 image unless told)."""
     side = min(int(image[-2]), int(image[-1]))
@@ -223,17 +222,23 @@ def _image_room(image: Sequence[int], task: Mapping[str, Any]) -> str:
     return f"its layers before flatten leave an image of {_shape(image)} ({left})"
 
 
-def _examples(task: Mapping[str, Any]) -> list[str]:
-    """Valid networks for the task in the answer's JSON form: an MLP and, for an image input, a small CNN."""
-    classes = int(task["num_classes"])
-    head: list[dict[str, Any]] = [{"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"},
-            {"type": "linear", "out_features": classes}]  # fmt: skip
-    if len(task["input_shape"]) != 3:
-        return [_layers_json(_full_layers(head))]
+def _example_networks(classes: int, image: bool) -> list[list[dict[str, Any]]]:
+    """Two small valid networks (the IR's short form): an MLP and, for an image input, a CNN. The init prompt shows
+    them; `example_context` builds its example population from them."""
+    mlp: list[dict[str, Any]] = [{"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"},
+                                 {"type": "linear", "out_features": classes}]  # fmt: skip
+    if not image:
+        return [mlp]
     cnn: list[dict[str, Any]] = [{"type": "conv2d", "out_channels": 8, "kernel": 3, "padding": 1},
-           {"type": "activation", "function": "relu"}, {"type": "maxpool", "kernel": 2}, {"type": "flatten"},
-           {"type": "linear", "out_features": classes}]  # fmt: skip
-    return [_layers_json(_full_layers([{"type": "flatten"}, *head])), _layers_json(_full_layers(cnn))]
+                                 {"type": "activation", "function": "relu"}, {"type": "maxpool", "kernel": 2},
+                                 {"type": "flatten"}, {"type": "linear", "out_features": classes}]  # fmt: skip
+    return [[{"type": "flatten"}, *mlp], cnn]
+
+
+def _examples(task: Mapping[str, Any]) -> list[str]:
+    """The example networks for the task in the answer's JSON form (every field explicit)."""
+    image = len(task["input_shape"]) == 3
+    return [_layers_json(_full_layers(net)) for net in _example_networks(int(task["num_classes"]), image)]
 
 
 # --- compact architecture text ---------------------------------------------------------------------------------
@@ -389,14 +394,12 @@ def describe_schema(schema: Mapping[str, Any]) -> str:
             lines.append(f'- "{name}": {_type_text(node)}')
             continue
         lines.append(f'- "{name}": {_bounds(node, "list of")} layer objects, each one of:')
-        tags_by_fields: dict[str, list[str]] = {}  # variants with the same fields share a line (maxpool | avgpool)
+        lines_by_fields: dict[Any, tuple[str, list[str]]] = {}  # same fields, one line (maxpool | avgpool)
         for tag, variant in variants:
-            fields = [f'"{k}": {_value_text(v)}' for k, v in variant.get("properties", {}).items() if k != "type"]
-            key = "".join(", " + f for f in fields) if fields else f"\0{tag}"  # a bare type keeps its own line
-            tags_by_fields.setdefault(key, []).append(json.dumps(tag))
-        for key, tags in tags_by_fields.items():
-            fields_text = "" if key.startswith("\0") else key
-            lines.append(f'  {{"type": {" | ".join(tags)}{fields_text}}}')
+            fields = tuple(f'"{k}": {_value_text(v)}' for k, v in variant.get("properties", {}).items() if k != "type")
+            text = "".join(", " + f for f in fields)
+            lines_by_fields.setdefault(fields or tag, (text, []))[1].append(json.dumps(tag))  # a bare type: own line
+        lines += [f'  {{"type": {" | ".join(tags)}{text}}}' for text, tags in lines_by_fields.values()]
     return "\n".join(lines)
 
 
@@ -566,13 +569,13 @@ def render_repair(
     With the answer's `layers`, errors that name a layer also get the layers listed by number with those marked:
     a small model told "layer 6" otherwise tends to send the same network back."""
     return _render("repair.j2", {"errors": list(errors), "attempt": attempt, "max_attempts": max_attempts,
-                                 "count": count, "numbered": numbered_layers(layers, errors)})  # fmt: skip
+                                 "count": count, "numbered": _numbered_layers(layers, errors)})  # fmt: skip
 
 
 _LAYER_ERROR = re.compile(r"^layer (\d+) \(")
 
 
-def numbered_layers(layers: Any, errors: Sequence[str]) -> list[str]:
+def _numbered_layers(layers: Any, errors: Sequence[str]) -> list[str]:
     """An answer's layers one per line, "6 maxpool 2 <- problem" where an error names the layer; [] when no
     error names a layer of the list (a schema error, a duplicate, a batch answer)."""
     marked = {int(m.group(1)) for e in errors if (m := _LAYER_ERROR.match(e))}
@@ -615,12 +618,9 @@ def example_context(schema: Mapping[str, Any]) -> dict[str, Any]:
     `schema` is the IR's `uhnas.arch.architecture_schema()`: this module keeps no copy of the layer vocabulary
     (a copy drifts), and it does not import uhnas.arch itself (the prompt layer knows nothing of the IR's code).
     """
-    mlp = [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "activation", "function": "relu"},
-           {"type": "linear", "out_features": 10}]  # fmt: skip
+    mlp, cnn = _example_networks(10, image=True)
     onn = [{"type": "flatten"}, {"type": "linear", "out_features": 16, "bias": False},
            {"type": "activation", "function": "square"}, {"type": "linear", "out_features": 10}]  # fmt: skip
-    cnn = [{"type": "conv2d", "out_channels": 8, "kernel": 3, "padding": 1}, {"type": "activation", "function": "relu"},
-           {"type": "maxpool", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]  # fmt: skip
     wide = [{"type": "flatten"}, {"type": "linear", "out_features": 512}, {"type": "activation", "function": "relu"},
             {"type": "linear", "out_features": 10}]  # fmt: skip
     front = [

@@ -292,9 +292,12 @@ class ArchValidator:
         if violations:
             return "constraint", [one_line(_violation_error(v), ERROR_CHARS) for v in violations]
         key = arch_hash(arch)
-        self.copied_parent = any(r.hash == key and r.number in self.parents for r in self.context.history)
         if self.context.is_known(key):
-            error = f"{DUPLICATE}: it is {self._which(key)}; {DUPLICATE_HINT}"
+            record = next((r for r in self.context.history if r.hash == key), None)  # None: proposed this generation
+            self.copied_parent = record is not None and record.number in self.parents
+            which = "a network already proposed in this generation" if record is None else (
+                f"#{record.number}" + (" (a parent)" if self.copied_parent else ""))  # fmt: skip
+            error = f"{DUPLICATE}: it is {which}; {DUPLICATE_HINT}"
             return "duplicate", [self._taken_near(arch, key, error)]
         return "valid", []
 
@@ -313,14 +316,6 @@ class ArchValidator:
     def refusal(self, verdict: str) -> str:
         """The one-word reason a refused answer is listed under in the slot's next attempt."""
         return PARENT_COPY if verdict == "duplicate" and self.copied_parent else verdict
-
-    def _which(self, key: str) -> str:
-        """Which known network an answer repeats: a trial (the parent, when it is one) or a pending proposal."""
-        parents = set(self.parents)
-        for record in self.context.history:
-            if record.hash == key:
-                return f"#{record.number}" + (" (a parent)" if record.number in parents else "")
-        return "a network already proposed in this generation"
 
     def _taken_near(self, arch: Architecture, key: str, error: str) -> str:
         """`error` followed by the evaluated networks one edit from a duplicate answer (nearest first, at most
